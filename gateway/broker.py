@@ -1,0 +1,311 @@
+"""RabbitMQ: connection, idempotent topology, and confirmed publishing.
+
+Topology (every name under `broker.prefix`):
+- `<prefix>.messages`: durable direct exchange; routing key = destination id.
+- `<prefix>.dest.<id>`: durable quorum queue per destination. `x-delivery-limit` is set
+  deliberately (RabbitMQ 4.x defaults it to 20 and then drops or dead-letters), and a
+  message that reaches it is dead-lettered *at-least-once* into the parking queue, never
+  dropped. Redeliveries only happen after a crash or a circuit opening; delivery never
+  retries by requeueing.
+- `<prefix>.parked.<id>`: durable classic queue, no TTL, no length limit. Classic because
+  browsing it (get, then requeue) keeps order and counts no deliveries, and it has no
+  delivery limit that could ever drop a parked message.
+
+Publishing uses one channel with publisher confirms and `mandatory`, shared by all
+requests, so confirms pipeline across concurrent partners. `publish()` returns only after
+the broker's ack; every other outcome (down, blocked by an alarm, nacked, unroutable, no
+confirm within `confirm_timeout_s`) raises BrokerUnavailable, which the partner sees as
+503 + Retry-After. aio-pika/aiormq exceptions are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from gateway.config import Destination, Settings
+from gateway.errors import BrokerUnavailable
+from gateway.messages import QueuedMessage
+from gateway.metrics import Metrics
+
+log = logging.getLogger("swgw.broker")
+
+_CONNECTION_ERRORS = (
+    ConnectionError,
+    OSError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelClosed,
+    RuntimeError,  # aio-pika: "Connection closed" / "Channel closed" while reconnecting
+)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The one helper that derives every broker name from the prefix."""
+
+    prefix: str
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.messages"
+
+    def queue(self, destination: str) -> str:
+        return f"{self.prefix}.dest.{destination}"
+
+    def parking(self, destination: str) -> str:
+        return f"{self.prefix}.parked.{destination}"
+
+
+def queue_arguments(names: Names, dest: Destination) -> dict[str, Any]:
+    """Destination queue arguments, as typed data (see module docstring for why)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": dest.delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": names.parking(dest.id),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",  # required by at-least-once dead-lettering
+    }
+
+
+PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
+
+
+def _is_blocked(connection: AbstractRobustConnection | None) -> bool:
+    """True while RabbitMQ blocks publishers (memory/disk alarm).
+
+    aiormq tracks connection.blocked/unblocked in a private event and simply stops
+    writing; without this check a publish would wait for the confirm timeout.
+    """
+    transport = getattr(connection, "transport", None)
+    conn = getattr(transport, "connection", None)
+    event = getattr(conn, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set() and bool(getattr(conn, "is_opened", True))
+
+
+class Broker:
+    """Owns the connection. Start it once; it reconnects by itself for the process lifetime."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.names = Names(settings.broker.prefix)
+        self.metrics = metrics
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.topology_error: str | None = None
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin connecting in the background; the gateway serves (503) until it succeeds."""
+        self._task = asyncio.create_task(self._connect_loop(), name="broker-connect")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after the first connection and after every reconnection."""
+        self._on_connect.append(callback)
+
+    @property
+    def ready(self) -> bool:
+        conn = self.connection
+        return (
+            conn is not None
+            and not conn.is_closed
+            and bool(conn.connected.is_set())
+            and self._channel is not None
+            and not self._channel.is_closed
+            and self.topology_error is None
+        )
+
+    @property
+    def blocked(self) -> bool:
+        return _is_blocked(self.connection)
+
+    async def _connect_loop(self) -> None:
+        b = self.settings.broker
+        url = b.url.reveal()
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}heartbeat={b.heartbeat_s}&name=swgw"
+        while self.connection is None:
+            try:
+                conn = await aio_pika.connect_robust(
+                    url, timeout=b.connect_timeout_s, reconnect_interval=b.reconnect_interval_s
+                )
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                log.warning(
+                    "broker unreachable: %s; retrying in %.1fs",
+                    exc or type(exc).__name__,
+                    b.reconnect_interval_s,
+                    extra={"event": "broker_unreachable"},
+                )
+                await asyncio.sleep(b.reconnect_interval_s)
+                continue
+            conn.close_callbacks.add(self._on_close)
+            conn.reconnect_callbacks.add(self._on_reconnect)
+            self.connection = conn
+        await self._setup()
+
+    async def _setup(self) -> None:
+        """Open the publish channel and declare the topology; retried until it works."""
+        assert self.connection is not None
+        while True:
+            try:
+                self._channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._exchange = await self.declare(self._channel)
+                self.topology_error = None
+                break
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                self.topology_error = (
+                    f"{exc}: a queue or exchange exists with different arguments; delete it or align the config"
+                )
+                log.error("broker topology mismatch: %s", self.topology_error, extra={"event": "topology_error"})
+            except _CONNECTION_ERRORS as exc:
+                log.warning("broker setup failed: %s", exc, extra={"event": "broker_setup_failed"})
+            await asyncio.sleep(self.settings.broker.reconnect_interval_s)
+        self.connected.set()
+        self.metrics.broker_connected.set(1)
+        log.info("broker connected", extra={"event": "broker_connected"})
+        for cb in self._on_connect:
+            await cb()
+
+    async def declare(self, channel: AbstractChannel) -> AbstractExchange:
+        """Declare exchange, destination queues and parking queues; safe to repeat."""
+        exchange = await channel.declare_exchange(self.names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        for dest in self.settings.destinations:
+            queue = await channel.declare_queue(
+                self.names.queue(dest.id), durable=True, arguments=queue_arguments(self.names, dest)
+            )
+            await queue.bind(exchange, routing_key=dest.id)
+            await channel.declare_queue(self.names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
+        return exchange
+
+    def _on_close(self, *_: object) -> None:
+        self.metrics.broker_connected.set(0)
+        self.connected.clear()
+        log.warning("broker connection lost", extra={"event": "broker_disconnected"})
+
+    async def _on_reconnect(self, *_: object) -> None:
+        self.metrics.broker_reconnects.inc()
+        self.metrics.broker_connected.set(1)
+        self.connected.set()
+        log.info("broker reconnected", extra={"event": "broker_reconnected"})
+        for cb in self._on_connect:
+            await cb()
+
+    # -- publishing --------------------------------------------------------------------
+    async def publish(self, message: QueuedMessage) -> None:
+        """Publish to the destination's queue; return only after the broker confirmed it."""
+        await self._confirmed(self._exchange, message.to_amqp(), message.destination)
+
+    async def publish_to_queue(self, queue: str, message: aio_pika.Message) -> None:
+        """Confirmed publish straight to a queue (parking, replay) via the default exchange."""
+        channel = self._channel
+        await self._confirmed(channel.default_exchange if channel else None, message, queue)
+
+    async def _confirmed(self, exchange: AbstractExchange | None, message: aio_pika.Message, key: str) -> None:
+        retry = self.settings.broker.retry_after_s
+        if not self.ready or exchange is None:
+            self.metrics.publish_failures.labels("disconnected").inc()
+            raise BrokerUnavailable(
+                "The message broker is not reachable; nothing was queued. Retry later.",
+                reason="broker_unavailable",
+                retry_after_s=retry,
+            )
+        if self.blocked:
+            self.metrics.broker_blocked.set(1)
+            self.metrics.publish_failures.labels("blocked").inc()
+            raise BrokerUnavailable(
+                "The message broker is refusing new messages (resource alarm); nothing was queued. Retry later.",
+                reason="broker_blocked",
+                retry_after_s=retry,
+            )
+        self.metrics.broker_blocked.set(0)
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(
+                exchange.publish(message, routing_key=key, mandatory=True),
+                timeout=self.settings.broker.confirm_timeout_s,
+            )
+        except TimeoutError as exc:
+            self.metrics.publish_failures.labels("timeout").inc()
+            raise BrokerUnavailable(
+                f"The broker did not confirm the message within {self.settings.broker.confirm_timeout_s:g}s; "
+                "it may or may not have been queued. Retry with the same MessageId.",
+                reason="broker_timeout",
+                retry_after_s=retry,
+            ) from exc
+        except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue bound
+            self.metrics.publish_failures.labels("unroutable").inc()
+            raise BrokerUnavailable(
+                f"The broker has no queue for destination {key!r} (message returned unroutable); "
+                "nothing was queued. Operators: check the topology.",
+                reason="broker_unroutable",
+                retry_after_s=retry,
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:  # Basic.Nack
+            self.metrics.publish_failures.labels("nacked").inc()
+            raise BrokerUnavailable(
+                "The broker refused the message (nack); nothing was queued. Retry later.",
+                reason="broker_nack",
+                retry_after_s=retry,
+            ) from exc
+        except _CONNECTION_ERRORS as exc:
+            self.metrics.publish_failures.labels("disconnected").inc()
+            raise BrokerUnavailable(
+                "The broker connection failed during publishing; the message may not be queued. "
+                "Retry with the same MessageId.",
+                reason="broker_unavailable",
+                retry_after_s=retry,
+            ) from exc
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+
+    # -- for delivery, replay and metrics ------------------------------------------------
+    async def new_channel(self, prefetch: int) -> AbstractChannel:
+        """A channel of its own for a consumer (delivery worker, replay, browsing)."""
+        if self.connection is None:
+            raise BrokerUnavailable("The message broker is not connected.", retry_after_s=5)
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """{destination: (ready in queue, parked)} via passive declares: O(destinations), not O(backlog)."""
+        if self.connection is None:
+            return {}
+        channel = await self.connection.channel()
+        try:
+            depths = {}
+            for dest in self.settings.destinations:
+                q = await channel.declare_queue(self.names.queue(dest.id), passive=True)
+                p = await channel.declare_queue(self.names.parking(dest.id), passive=True)
+                depths[dest.id] = (
+                    q.declaration_result.message_count or 0,
+                    p.declaration_result.message_count or 0,
+                )
+            return depths
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()

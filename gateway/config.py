@@ -1,0 +1,409 @@
+"""One TOML file → frozen dataclasses, validated once at start-up.
+
+Every error names the file and the key (`destinations[1].timeout_s`), the value and what
+was expected, so an operator can fix a config without reading code. Unknown keys are
+errors too: a typo such as `timout_s` silently falling back to a default is how outages
+get longer. Relative paths are resolved against the config file's folder. Environment
+variables override only secrets and the broker URL (`SWGW_BROKER_URL`,
+`SWGW_ADMIN_TOKEN_SHA256`); nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError
+
+T = TypeVar("T")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Secret:
+    """A string that never prints: reprs and str() show `'**********'`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Server:
+    """HTTP listener for partners. `max_body_bytes` is refused before it is read."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 5_000_000
+    request_timeout_s: float = 30.0
+    max_concurrency: int = 512
+
+
+@dataclass(frozen=True)
+class Broker:
+    """RabbitMQ connection. `confirm_timeout_s` bounds how long a partner waits for a confirm."""
+
+    url: Secret = field(default_factory=lambda: Secret("amqp://guest:guest@127.0.0.1:5672/"))
+    prefix: str = "swgw"
+    confirm_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    reconnect_interval_s: float = 2.0
+    heartbeat_s: int = 30
+    retry_after_s: int = 5
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A sending party. `message_types`/`receivers` of ("*",) mean any."""
+
+    id: str
+    token_sha256: tuple[str, ...]
+    message_types: tuple[str, ...] = ("*",)
+    receivers: tuple[str, ...] = ("*",)
+    rate_per_s: float = 50.0
+    burst: int = 100
+
+    def may_send(self, message_type: str) -> bool:
+        return "*" in self.message_types or message_type in self.message_types
+
+    def may_address(self, receiver: str) -> bool:
+        return "*" in self.receivers or receiver in self.receivers
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """A payload type: its XSD's targetNamespace and global elements define valid payloads."""
+
+    name: str
+    schema: Path
+    root: str | None = None  # local name of the payload root; None = any global element
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A backend and how to treat it during outages.
+
+    Times are seconds. `max_attempts` counts attempts while the circuit is closed; an open
+    circuit pauses the queue instead of burning attempts. `delivery_limit` is the quorum
+    queue's `x-delivery-limit`, set deliberately high: redeliveries only happen after a
+    worker crash or a circuit opening, never in a retry loop.
+    """
+
+    id: str
+    url: str
+    timeout_s: float = 10.0
+    concurrency: int = 8
+    max_attempts: int = 8
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 60.0
+    max_rate_per_s: float = 200.0
+    health_url: str | None = None
+    probe_interval_s: float = 5.0
+    failure_threshold: int = 5
+    slow_start_s: float = 30.0
+    delivery_limit: int = 1000
+
+    @property
+    def probe_url(self) -> str:
+        return self.health_url or self.url
+
+
+@dataclass(frozen=True)
+class Route:
+    to: str
+    message_type: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Admin API credential (sha256 of the bearer token) and optional separate listener."""
+
+    token_sha256: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    server: Server
+    broker: Broker
+    partners: tuple[Partner, ...]
+    message_types: tuple[MessageType, ...]
+    destinations: tuple[Destination, ...]
+    routes: tuple[Route, ...]
+    admin: Admin = Admin()
+    logging: Logging = Logging()
+
+    def destination(self, dest_id: str) -> Destination:
+        for d in self.destinations:
+            if d.id == dest_id:
+                return d
+        raise KeyError(dest_id)
+
+
+class _Reader:
+    """Reads one TOML table, checking types and remembering which keys were used."""
+
+    def __init__(self, file: str, where: str, table: Any) -> None:
+        self.file, self.where = file, where
+        if not isinstance(table, Mapping):
+            raise ConfigError(file, where, f"must be a table, got {type(table).__name__}")
+        self.table: Mapping[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.used.add(name)
+        if name not in self.table:
+            if required or default is None:
+                raise ConfigError(self.file, self.key(name), f"is required ({kind.__name__})")
+            return default
+        value = self.table[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(
+                self.file, self.key(name), f"expected {kind.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def opt(self, name: str, kind: type[T]) -> T | None:
+        if name not in self.table:
+            self.used.add(name)
+            return None
+        return self.get(name, kind, required=True)
+
+    def positive(self, name: str, kind: type[T], default: T) -> T:
+        value = self.get(name, kind, default)
+        if value <= 0:  # type: ignore[operator]
+            raise ConfigError(self.file, self.key(name), f"must be > 0, got {value!r}")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(self.file, self.key(name), f"expected a string or list of strings, got {value!r}")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(self.file, self.key(unknown[0]), "unknown key (a typo?)")
+
+
+def _ident(r: _Reader, name: str) -> str:
+    value = r.get(name, str, required=True)
+    if not _ID_RE.match(value):
+        raise ConfigError(r.file, r.key(name), f"{value!r} must be 1-64 chars of [A-Za-z0-9._:-]")
+    return value
+
+
+def _url(r: _Reader, name: str, *, required: bool = True) -> str | None:
+    value = r.get(name, str, required=True) if required else r.opt(name, str)
+    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        raise ConfigError(r.file, r.key(name), f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _hashes(r: _Reader, name: str) -> tuple[str, ...]:
+    values = r.strings(name, ())
+    for v in values:
+        if not _SHA256_RE.match(v):
+            raise ConfigError(r.file, r.key(name), "must be 64 lowercase hex chars (sha256 of the token)")
+    return values
+
+
+def _tables(doc: Mapping[str, Any], file: str, name: str) -> list[_Reader]:
+    items = doc.get(name, [])
+    if not isinstance(items, list):
+        raise ConfigError(file, name, "must be an array of tables ([[" + name + "]])")
+    return [_Reader(file, f"{name}[{i}]", t) for i, t in enumerate(items)]
+
+
+def _unique(file: str, name: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i, v in enumerate(ids):
+        if v in seen:
+            raise ConfigError(file, f"{name}[{i}].id", f"duplicate id {v!r}")
+        seen.add(v)
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate `path`. `env` defaults to os.environ (only overrides are read)."""
+    env = os.environ if env is None else env
+    path = Path(path).resolve()
+    file = str(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(file, "(file)", "not found; pass --config FILE or set SWGW_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "(syntax)", str(exc)) from exc
+    base = path.parent
+    root = _Reader(file, "", doc)
+
+    s = _Reader(file, "server", doc.get("server", {}))
+    root.used.add("server")
+    server = Server(
+        host=s.get("host", str, Server.host),
+        port=s.get("port", int, Server.port),
+        max_body_bytes=s.positive("max_body_bytes", int, Server.max_body_bytes),
+        request_timeout_s=s.positive("request_timeout_s", float, Server.request_timeout_s),
+        max_concurrency=s.positive("max_concurrency", int, Server.max_concurrency),
+    )
+    s.done()
+
+    b = _Reader(file, "broker", doc.get("broker", {}))
+    root.used.add("broker")
+    url = env.get("SWGW_BROKER_URL") or b.get("url", str, "amqp://guest:guest@127.0.0.1:5672/")
+    if not url.startswith(("amqp://", "amqps://")):
+        raise ConfigError(file, "broker.url", "must start with amqp:// or amqps://")
+    prefix = b.get("prefix", str, "swgw")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", prefix):
+        raise ConfigError(file, "broker.prefix", f"{prefix!r} must be 1-64 chars of [A-Za-z0-9_.-]")
+    broker = Broker(
+        url=Secret(url),
+        prefix=prefix,
+        confirm_timeout_s=b.positive("confirm_timeout_s", float, Broker.confirm_timeout_s),
+        connect_timeout_s=b.positive("connect_timeout_s", float, Broker.connect_timeout_s),
+        reconnect_interval_s=b.positive("reconnect_interval_s", float, Broker.reconnect_interval_s),
+        heartbeat_s=b.positive("heartbeat_s", int, Broker.heartbeat_s),
+        retry_after_s=b.positive("retry_after_s", int, Broker.retry_after_s),
+    )
+    b.done()
+
+    partners = []
+    root.used.add("partners")
+    for p in _tables(doc, file, "partners"):
+        partner = Partner(
+            id=_ident(p, "id"),
+            token_sha256=_hashes(p, "token_sha256"),
+            message_types=p.strings("message_types", ("*",)),
+            receivers=p.strings("receivers", ("*",)),
+            rate_per_s=p.positive("rate_per_s", float, Partner.rate_per_s),
+            burst=p.positive("burst", int, Partner.burst),
+        )
+        if not partner.token_sha256:
+            raise ConfigError(file, p.key("token_sha256"), "at least one token hash is required")
+        p.done()
+        partners.append(partner)
+    _unique(file, "partners", [p.id for p in partners])
+
+    types = []
+    root.used.add("message_types")
+    for m in _tables(doc, file, "message_types"):
+        name = _ident(m, "name")
+        schema = (base / m.get("schema", str, required=True)).resolve()
+        if not schema.is_file():
+            raise ConfigError(file, m.key("schema"), f"schema file {schema} does not exist")
+        types.append(MessageType(name=name, schema=schema, root=m.opt("root", str)))
+        m.done()
+    _unique(file, "message_types", [t.name for t in types])
+
+    dests = []
+    root.used.add("destinations")
+    for d in _tables(doc, file, "destinations"):
+        dest = Destination(
+            id=_ident(d, "id"),
+            url=_url(d, "url") or "",
+            timeout_s=d.positive("timeout_s", float, Destination.timeout_s),
+            concurrency=d.positive("concurrency", int, Destination.concurrency),
+            max_attempts=d.positive("max_attempts", int, Destination.max_attempts),
+            backoff_min_s=d.positive("backoff_min_s", float, Destination.backoff_min_s),
+            backoff_max_s=d.positive("backoff_max_s", float, Destination.backoff_max_s),
+            max_rate_per_s=d.positive("max_rate_per_s", float, Destination.max_rate_per_s),
+            health_url=_url(d, "health_url", required=False),
+            probe_interval_s=d.positive("probe_interval_s", float, Destination.probe_interval_s),
+            failure_threshold=d.positive("failure_threshold", int, Destination.failure_threshold),
+            slow_start_s=d.get("slow_start_s", float, Destination.slow_start_s),
+            delivery_limit=d.positive("delivery_limit", int, Destination.delivery_limit),
+        )
+        if dest.backoff_min_s > dest.backoff_max_s:
+            raise ConfigError(file, d.key("backoff_min_s"), "must not exceed backoff_max_s")
+        d.done()
+        dests.append(dest)
+    _unique(file, "destinations", [d.id for d in dests])
+
+    routes = []
+    root.used.add("routes")
+    dest_ids = {d.id for d in dests}
+    type_names = {t.name for t in types}
+    for r in _tables(doc, file, "routes"):
+        route = Route(
+            to=r.get("to", str, required=True),
+            message_type=r.get("message_type", str, required=True),
+            destination=r.get("destination", str, required=True),
+        )
+        if route.destination not in dest_ids:
+            raise ConfigError(file, r.key("destination"), f"unknown destination {route.destination!r}")
+        if route.message_type != "*" and route.message_type not in type_names:
+            raise ConfigError(file, r.key("message_type"), f"unknown message type {route.message_type!r}")
+        r.done()
+        routes.append(route)
+
+    a = _Reader(file, "admin", doc.get("admin", {}))
+    root.used.add("admin")
+    admin_hash = env.get("SWGW_ADMIN_TOKEN_SHA256") or a.opt("token_sha256", str)
+    if admin_hash is not None and not _SHA256_RE.match(admin_hash):
+        raise ConfigError(file, "admin.token_sha256", "must be 64 lowercase hex chars (sha256 of the token)")
+    admin = Admin(token_sha256=admin_hash, host=a.opt("host", str), port=a.opt("port", int))
+    a.done()
+
+    lg = _Reader(file, "logging", doc.get("logging", {}))
+    root.used.add("logging")
+    level = lg.get("level", str, "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(file, "logging.level", f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    fmt = lg.get("format", str, "json")
+    if fmt not in {"json", "text"}:
+        raise ConfigError(file, "logging.format", f"{fmt!r} is not one of json, text")
+    lg.done()
+    root.done()
+
+    return Settings(
+        path=path,
+        server=server,
+        broker=broker,
+        partners=tuple(partners),
+        message_types=tuple(types),
+        destinations=tuple(dests),
+        routes=tuple(routes),
+        admin=admin,
+        logging=Logging(level=level, format=fmt),
+    )

@@ -1,0 +1,170 @@
+"""Every error the gateway raises on purpose, in one tree.
+
+```
+GatewayError
+├── ConfigError                      bad TOML: names the key and the file
+├── IngressError                     answered to a partner as application/problem+json
+│   ├── MalformedXML          400    not well-formed, DOCTYPE/entities, not an envelope
+│   ├── Unauthenticated       401    missing / unknown bearer token
+│   ├── Forbidden             403    From is not the partner, type or receiver not allowed
+│   ├── PayloadTooLarge       413
+│   ├── UnsupportedMediaType  415
+│   ├── InvalidMessage        422    schema / rule problems (carries the problems list)
+│   ├── RateLimited           429    carries Retry-After
+│   └── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
+└── DeliveryError                    outcome of one delivery attempt to a backend
+    ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
+    └── PermanentDeliveryError       park now (other 4xx)
+```
+
+Each ingress error knows its HTTP status and its RFC 9457 problem type, so the single
+translation point (`problems.py`) needs no per-class code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a document: where (line, column, readable path) and why.
+
+    `line`/`column` are 1-based and refer to the bytes the partner sent; they are None
+    only when the problem has no position (for example a missing element in an empty body).
+    """
+
+    line: int | None
+    column: int | None
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"line": self.line, "column": self.column, "path": self.path, "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line is not None else "line ?"
+        if self.column is not None:
+            where += f", column {self.column}"
+        return f"{where}: {self.path}: {self.reason}"
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises deliberately."""
+
+
+class ConfigError(GatewayError):
+    """The configuration cannot be used. The message names the file and the key."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        super().__init__(f"{file}: {key}: {message}")
+
+
+class IngressError(GatewayError):
+    """An answer to a partner's request that is not a 202.
+
+    `reason` is a short, bounded token used as a metric label and as the last segment of
+    the problem type URI; `detail` is the sentence a person can act on.
+    """
+
+    status: int = 500
+    title: str = "Internal error"
+    reason: str = "internal"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: str | None = None,
+        problems: Sequence[Problem] = (),
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if reason is not None:
+            self.reason = reason
+        self.problems = tuple(problems)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def problem_type(self) -> str:
+        return f"urn:swgw:problem:{self.reason}"
+
+
+class MalformedXML(IngressError):
+    status = 400
+    title = "Malformed XML"
+    reason = "malformed_xml"
+
+
+class Unauthenticated(IngressError):
+    status = 401
+    title = "Unauthenticated"
+    reason = "unauthenticated"
+
+
+class Forbidden(IngressError):
+    status = 403
+    title = "Forbidden"
+    reason = "forbidden"
+
+
+class PayloadTooLarge(IngressError):
+    status = 413
+    title = "Payload too large"
+    reason = "too_large"
+
+
+class UnsupportedMediaType(IngressError):
+    status = 415
+    title = "Unsupported media type"
+    reason = "unsupported_media_type"
+
+
+class InvalidMessage(IngressError):
+    status = 422
+    title = "Invalid message"
+    reason = "schema_invalid"
+
+
+class RateLimited(IngressError):
+    status = 429
+    title = "Too many requests"
+    reason = "rate_limited"
+
+
+class BrokerUnavailable(IngressError):
+    status = 503
+    title = "Broker unavailable"
+    reason = "broker_unavailable"
+
+
+class DeliveryError(GatewayError):
+    """One delivery attempt failed. `status` is the backend's HTTP status, if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, excerpt: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.excerpt = excerpt
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying: the backend was unreachable, slow, overloaded or said 'later'."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        excerpt: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, excerpt=excerpt)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The backend refused this message for good (a 4xx other than 408/429): park it."""

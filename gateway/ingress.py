@@ -1,0 +1,163 @@
+"""POST /v1/messages: the partner-facing door.
+
+Order matters and is cheapest-first: content type (415), token (401), declared size (413),
+read the body with a hard cap (413 while streaming), parse + envelope (400/422), sender and
+authorisation (403), payload schema + rules (422), route (422), then a confirmed publish.
+The 202 receipt is written only after the broker's confirm; any publish failure becomes a
+503 with Retry-After (see broker.py), so a partner never holds a receipt for a message the
+broker does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.broker import Broker
+from gateway.config import Partner, Settings
+from gateway.errors import (
+    Forbidden,
+    IngressError,
+    InvalidMessage,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from gateway.messages import QueuedMessage, iso, now_utc
+from gateway.metrics import UNKNOWN, Metrics
+from gateway.routing import Router
+from gateway.validation import Envelope, Validator
+
+log = logging.getLogger("swgw.ingress")
+XML_TYPES = frozenset({"application/xml", "text/xml"})
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class Ingress:
+    settings: Settings
+    validator: Validator
+    router: Router
+    broker: Broker
+    metrics: Metrics
+    auth: Authenticator
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        labels = [UNKNOWN, UNKNOWN]  # partner, message type: known only as we go
+        try:
+            response = await self._accept(request, labels)
+        except IngressError as exc:
+            self.metrics.ingest_rejections.labels(labels[0], labels[1], str(exc.status), exc.reason).inc()
+            self.metrics.ingest_messages.labels(labels[0], labels[1], "rejected").inc()
+            if exc.status == 401:
+                self.metrics.auth_failures.labels(exc.reason).inc()
+            if exc.status == 422 or exc.reason in ("malformed_xml", "doctype_forbidden", "not_envelope"):
+                self.metrics.validation_failures.labels(labels[1], exc.reason).inc()
+            log.info(
+                "rejected: %s",
+                exc.detail,
+                extra={
+                    "event": "rejected",
+                    "partner": labels[0],
+                    "message_type": labels[1],
+                    "status": exc.status,
+                    "reason": exc.reason,
+                },
+            )
+            raise
+        self.metrics.ingest_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _accept(self, request: web.Request, labels: list[str]) -> web.Response:
+        if request.content_type not in XML_TYPES:
+            raise UnsupportedMediaType(
+                f"Content-Type {request.content_type or '(none)'!r} is not accepted; "
+                "send application/xml (or text/xml)."
+            )
+        partner = self.auth.partner_for(request.headers.get("Authorization"))
+        labels[0] = partner.id
+        body = await self._read_body(request)
+        self.metrics.ingest_bytes.labels(partner.id).inc(len(body))
+        env = self.validator.read_envelope(body)
+        if env.message_type in self.validator.types:
+            labels[1] = env.message_type
+        self._authorise(partner, env)
+        self.validator.check_payload(env)
+        destination = self.router.destination_for(env.receiver, env.message_type)
+        if destination is None:
+            raise InvalidMessage(
+                f"No route for To={env.receiver!r} and MessageType={env.message_type!r}; "
+                "check the receiver id or ask the operator to add a route.",
+                reason="no_route",
+            )
+        message = QueuedMessage(
+            message_id=env.message_id,
+            correlation_id=env.correlation_id,
+            message_type=env.message_type,
+            sender=env.sender,
+            receiver=env.receiver,
+            partner=partner.id,
+            destination=destination,
+            received_at=iso(now_utc()),
+            body=body,
+            test=env.test,
+        )
+        await self.broker.publish(message)
+        self.metrics.ingest_messages.labels(partner.id, env.message_type, "accepted").inc()
+        log.info(
+            "queued",
+            extra={
+                "event": "queued",
+                "message_id": message.message_id,
+                "partner": partner.id,
+                "message_type": message.message_type,
+                "destination": destination,
+            },
+        )
+        return web.json_response(
+            {
+                "message_id": message.message_id,
+                "status": "queued",
+                "destination": destination,
+                "received_at": message.received_at,
+            },
+            status=202,
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(
+                f"The body is {request.content_length} bytes; this gateway accepts at most {limit} bytes."
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The body exceeds the limit of {limit} bytes; sending was stopped.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _authorise(partner: Partner, env: Envelope) -> None:
+        if env.sender != partner.id:
+            raise Forbidden(
+                f"The envelope's From is {env.sender!r} but your token belongs to {partner.id!r}; "
+                "a partner may only send as itself.",
+                reason="sender_mismatch",
+            )
+        if not partner.may_send(env.message_type):
+            raise Forbidden(
+                f"Partner {partner.id!r} may not send message type {env.message_type!r}.",
+                reason="type_not_allowed",
+            )
+        if not partner.may_address(env.receiver):
+            raise Forbidden(
+                f"Partner {partner.id!r} may not send to receiver {env.receiver!r}.",
+                reason="receiver_not_allowed",
+            )

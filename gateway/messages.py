@@ -1,0 +1,158 @@
+"""The queued message, and the one place it becomes AMQP properties/headers and back.
+
+Delivery and replay never re-parse XML: everything they need travels as headers next to
+the partner's bytes, which stay byte-identical from POST to backend (and through parking).
+Parking adds headers; it never touches the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+_H = "x-swgw-"
+EXCERPT_MAX = 200
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Parking:
+    """Why a message was parked: reason token, backend status and answer excerpt, attempts, when."""
+
+    reason: str
+    status: int | None
+    excerpt: str
+    attempts: int
+    parked_at: str
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    message_id: str
+    correlation_id: str | None
+    message_type: str
+    sender: str
+    receiver: str
+    partner: str
+    destination: str
+    received_at: str
+    body: bytes
+    test: bool = False
+    parking: Parking | None = None
+
+    def to_amqp(self) -> aio_pika.Message:
+        headers: dict[str, Any] = {
+            _H + "message-id": self.message_id,
+            _H + "type": self.message_type,
+            _H + "from": self.sender,
+            _H + "to": self.receiver,
+            _H + "partner": self.partner,
+            _H + "destination": self.destination,
+            _H + "received-at": self.received_at,
+            _H + "test": self.test,
+        }
+        if self.correlation_id:
+            headers[_H + "correlation-id"] = self.correlation_id
+        if self.parking is not None:
+            p = self.parking
+            headers.update(
+                {
+                    _H + "parked-reason": p.reason,
+                    _H + "parked-status": p.status if p.status is not None else -1,
+                    _H + "parked-excerpt": p.excerpt[:EXCERPT_MAX],
+                    _H + "parked-attempts": p.attempts,
+                    _H + "parked-at": p.parked_at,
+                }
+            )
+        return aio_pika.Message(
+            self.body,
+            headers=headers,
+            content_type="application/xml",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            type=self.message_type,
+            app_id="swgw",
+        )
+
+    def parked(self, parking: Parking) -> QueuedMessage:
+        return replace(self, parking=parking)
+
+    def unparked(self) -> QueuedMessage:
+        return replace(self, parking=None)
+
+    def http_headers(self, attempt: int) -> dict[str, str]:
+        """What the backend receives next to the bytes, so it can deduplicate by message id."""
+        headers = {
+            "Content-Type": "application/xml",
+            "X-Message-Id": self.message_id,
+            "X-Message-Type": self.message_type,
+            "X-Message-From": self.sender,
+            "X-Message-To": self.receiver,
+            "X-Received-At": self.received_at,
+            "X-Delivery-Attempt": str(attempt),
+        }
+        if self.correlation_id:
+            headers["X-Correlation-Id"] = self.correlation_id
+        return headers
+
+    @classmethod
+    def from_amqp(cls, message: AbstractIncomingMessage) -> QueuedMessage:
+        return cls.from_parts(message.body, message.headers or {})
+
+    @classmethod
+    def from_parts(cls, body: bytes, headers: Mapping[str, Any]) -> QueuedMessage:
+        def text(name: str, default: str = "") -> str:
+            value = headers.get(_H + name, default)
+            if isinstance(value, bytes):
+                return value.decode("utf-8", "replace")
+            return str(value) if value is not None else default
+
+        parking = None
+        if _H + "parked-reason" in headers:
+            status = headers.get(_H + "parked-status", -1)
+            parking = Parking(
+                reason=text("parked-reason"),
+                status=int(status) if isinstance(status, int) and status >= 0 else None,
+                excerpt=text("parked-excerpt"),
+                attempts=int(headers.get(_H + "parked-attempts", 0) or 0),
+                parked_at=text("parked-at"),
+            )
+        elif headers.get("x-death"):
+            # Dead-lettered by the broker (delivery limit reached): make it look parked.
+            deaths = headers["x-death"]
+            death: Mapping[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
+            when = death.get("time")
+            parking = Parking(
+                reason=f"dead-lettered:{death.get('reason', 'unknown')}",
+                status=None,
+                excerpt="",
+                attempts=int(headers.get("x-delivery-count", 0) or 0),
+                parked_at=iso(when) if isinstance(when, datetime) else "",
+            )
+        corr = text("correlation-id") or None
+        return cls(
+            message_id=text("message-id"),
+            correlation_id=corr,
+            message_type=text("type"),
+            sender=text("from"),
+            receiver=text("to"),
+            partner=text("partner"),
+            destination=text("destination"),
+            received_at=text("received-at"),
+            body=body,
+            test=bool(headers.get(_H + "test", False)),
+            parking=parking,
+        )

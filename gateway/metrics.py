@@ -1,0 +1,179 @@
+"""Every Prometheus metric the gateway exports, created on a registry passed in.
+
+Label sets are bounded by configuration: partner ids, message type names and destination
+ids come from the config, and anything a partner typed that is not configured is reported
+as "(unknown)"; message ids are never labels. Names follow Prometheus conventions (base
+units, `_total` counters, `_seconds` histograms). Under several replicas: counters and
+histograms are per replica and meant to be summed; the `swgw_destination_backlog_messages`
+and `swgw_destination_parked_messages` gauges are read from the broker, so every replica
+reports the same value (use max, not sum); circuit and last-delivery gauges are per replica.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+UNKNOWN = "(unknown)"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_E2E_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
+
+
+class Metrics:
+    """All metrics, grouped by the stage that updates them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        # ingest
+        self.ingest_messages = Counter(
+            "swgw_ingest_messages_total",
+            "Messages received, by partner, message type and outcome (accepted, rejected, duplicate).",
+            ["partner", "message_type", "outcome"],
+            registry=r,
+        )
+        self.ingest_rejections = Counter(
+            "swgw_ingest_rejections_total",
+            "Requests answered with an error, by partner, message type, HTTP status and reason.",
+            ["partner", "message_type", "status", "reason"],
+            registry=r,
+        )
+        self.validation_failures = Counter(
+            "swgw_validation_failures_total",
+            "Messages failing envelope/payload schema or business rules, by message type and reason.",
+            ["message_type", "reason"],
+            registry=r,
+        )
+        self.ingest_bytes = Counter(
+            "swgw_ingest_bytes_total", "Request body bytes received, by partner.", ["partner"], registry=r
+        )
+        self.request_duration = Histogram(
+            "swgw_http_request_duration_seconds",
+            "HTTP request handling time, by route and status code.",
+            ["route", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ingest_duration = Histogram(
+            "swgw_ingest_duration_seconds",
+            "Time from body read to broker confirm, for accepted messages.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_duration = Histogram(
+            "swgw_broker_publish_duration_seconds",
+            "Time from publish to broker confirm.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "swgw_broker_publish_failures_total",
+            "Publishes that got no confirm, by reason (disconnected, timeout, nacked, unroutable, blocked).",
+            ["reason"],
+            registry=r,
+        )
+        # broker connection
+        self.broker_connected = Gauge("swgw_broker_connected", "1 while the broker connection is open.", registry=r)
+        self.broker_reconnects = Counter(
+            "swgw_broker_reconnects_total", "Broker connections re-established after a loss.", registry=r
+        )
+        self.broker_blocked = Gauge(
+            "swgw_broker_blocked", "1 while the broker blocks publishers (memory or disk alarm).", registry=r
+        )
+        # per destination
+        self.backlog = Gauge(
+            "swgw_destination_backlog_messages",
+            "Messages waiting in the destination's queue (ready, read from the broker).",
+            ["destination"],
+            registry=r,
+        )
+        self.parked = Gauge(
+            "swgw_destination_parked_messages",
+            "Messages in the destination's parking queue.",
+            ["destination"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "swgw_deliveries_total",
+            "Delivery outcomes by destination: delivered, parked, requeued (circuit opened), failed_transient.",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "swgw_delivery_attempts_total",
+            "HTTP delivery attempts made, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.delivery_retries = Counter(
+            "swgw_delivery_retries_total",
+            "Attempts that were retries of an earlier failed attempt.",
+            ["destination"],
+            registry=r,
+        )
+        self.backend_duration = Histogram(
+            "swgw_backend_response_seconds",
+            "Backend response time per attempt, by destination.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "swgw_end_to_end_seconds",
+            "From receipt (202) to the backend's 2xx, by destination.",
+            ["destination"],
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "swgw_circuit_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            ["destination"],
+            registry=r,
+        )
+        self.circuit_changed = Gauge(
+            "swgw_circuit_state_changed_timestamp_seconds",
+            "Unix time of the last circuit state change.",
+            ["destination"],
+            registry=r,
+        )
+        self.circuit_opened = Counter(
+            "swgw_circuit_opened_total",
+            "Times the circuit opened, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.last_delivery = Gauge(
+            "swgw_last_delivery_timestamp_seconds",
+            "Unix time of the last successful delivery.",
+            ["destination"],
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "swgw_destination_oldest_message_age_seconds",
+            "Age of the oldest undelivered message this replica has seen at the head of the queue.",
+            ["destination"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "swgw_destination_paused", "1 while an operator has paused delivery.", ["destination"], registry=r
+        )
+        # replay
+        self.replayed = Counter(
+            "swgw_replayed_messages_total",
+            "Parked messages handled by replay, by destination and outcome.",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        # security
+        self.auth_failures = Counter(
+            "swgw_auth_failures_total", "Failed authentications, by reason.", ["reason"], registry=r
+        )
+
+
+async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:
+    resp = web.Response(body=generate_latest(metrics.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp

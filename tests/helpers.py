@@ -1,0 +1,270 @@
+"""Shared test helpers: config writing, a running gateway on loopback, broker cleanup, a cuttable TCP proxy.
+
+Every test gets its own broker prefix, so tests never see each other's messages, and
+cleans its queues and exchange up afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.app import BROKER, create_app
+from gateway.broker import Names
+from gateway.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas"
+SHARED = ROOT.parent / "shared" / "testdata"
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+TOKEN = "test-token-vn-nsw"
+OTHER_TOKEN = "test-token-th-nsw"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """Just enough TOML writing for test configs: tables and arrays of tables of scalars."""
+    out: list[str] = []
+    for name, value in doc.items():
+        if isinstance(value, Mapping):
+            out.append(f"[{name}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        else:
+            for item in value:
+                out.append(f"[[{name}]]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def config_doc(
+    prefix: str,
+    *,
+    broker_url: str = RABBIT_URL,
+    message_types: Mapping[str, Path] | None = None,
+    destinations: Iterable[Mapping[str, Any]] | None = None,
+    routes: Iterable[Mapping[str, Any]] | None = None,
+    partners: Iterable[Mapping[str, Any]] | None = None,
+    server: Mapping[str, Any] | None = None,
+    broker: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    types = message_types or {"CUSDEC": SCHEMAS / "customs" / "declaration.xsd"}
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 200_000, **(server or {})},
+        "broker": {
+            "url": broker_url,
+            "prefix": prefix,
+            "confirm_timeout_s": 3,
+            "reconnect_interval_s": 0.3,
+            "connect_timeout_s": 2,
+            "retry_after_s": 2,
+            **(broker or {}),
+        },
+        "admin": {"token_sha256": sha(ADMIN_TOKEN)},
+        "logging": {"level": "INFO", "format": "json"},
+        "partners": list(
+            partners
+            or [
+                {"id": "VN-NSW", "token_sha256": [sha(TOKEN)]},
+                {"id": "TH-NSW", "token_sha256": [sha(OTHER_TOKEN)], "message_types": ["ECOO"]},
+            ]
+        ),
+        "message_types": [{"name": n, "schema": str(p)} for n, p in types.items()],
+        "destinations": list(destinations or [{"id": "vnaccs", "url": "http://127.0.0.1:9/inbound"}]),
+        "routes": list(routes or [{"to": "VN-VNACCS", "message_type": "CUSDEC", "destination": "vnaccs"}]),
+    }
+
+
+def write_settings(tmp_path: Path, doc: Mapping[str, Any]) -> Settings:
+    path = tmp_path / "gateway.toml"
+    path.write_text(to_toml(doc), encoding="utf-8")
+    return load_settings(path, env={})
+
+
+@dataclass
+class RunningGateway:
+    app: web.Application
+    url: str
+    settings: Settings
+    registry: CollectorRegistry
+    session: aiohttp.ClientSession = field(repr=False)
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        token: str | None = TOKEN,
+        content_type: str = "application/xml",
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        h = {"Content-Type": content_type, **(headers or {})}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        async with self.session.post(f"{self.url}/v1/messages", data=body, headers=h) as resp:
+            text = await resp.text()
+            return resp.status, (json.loads(text) if text else {}), resp.headers
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        value = self.registry.get_sample_value(name, dict(labels or {}))
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(settings: Settings, *, wait_ready: bool = True, **kwargs: Any) -> AsyncIterator[RunningGateway]:
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry, **kwargs)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    try:
+        if wait_ready:
+            await asyncio.wait_for(app[BROKER].connected.wait(), timeout=20)
+        yield RunningGateway(app, f"http://127.0.0.1:{port}", settings, registry, session)
+    finally:
+        await session.close()
+        await runner.cleanup()
+
+
+async def delete_topology(settings: Settings, url: str = RABBIT_URL) -> None:
+    names = Names(settings.broker.prefix)
+    conn = await aio_pika.connect(url)
+    async with conn:
+        for dest in settings.destinations:
+            for q in (names.queue(dest.id), names.parking(dest.id)):
+                ch = await conn.channel()
+                with contextlib.suppress(Exception):
+                    await ch.queue_delete(q)
+                with contextlib.suppress(Exception):
+                    await ch.close()
+        ch = await conn.channel()
+        with contextlib.suppress(Exception):
+            await ch.exchange_delete(names.exchange)
+
+
+async def get_all(queue: str, url: str = RABBIT_URL, *, ack: bool = True) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Read every message now in `queue` (acking them unless ack=False)."""
+    out = []
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.get_queue(queue, ensure=True)
+        while True:
+            msg = await q.get(no_ack=False, fail=False)
+            if msg is None:
+                break
+            out.append(msg)
+        for m in out:
+            if ack:
+                await m.ack()
+            else:
+                await m.nack(requeue=True)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TcpProxy:
+    """A loopback TCP proxy we can cut: cut() closes every connection and stops listening.
+
+    Lets a test take 'the broker' away from one gateway without touching the shared broker.
+    """
+
+    def __init__(self, target_port: int, listen_port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = listen_port or free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._writers.discard(writer)
+        self._writers.discard(up_writer)
+
+
+def envelope(
+    payload: str,
+    *,
+    message_id: str = "T-1",
+    sender: str = "VN-NSW",
+    to: str = "VN-VNACCS",
+    message_type: str = "CUSDEC",
+) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<Envelope xmlns="urn:swgw:envelope:1">\n'
+        f"  <Header>\n    <MessageId>{message_id}</MessageId>\n    <From>{sender}</From>\n"
+        f"    <To>{to}</To>\n    <MessageType>{message_type}</MessageType>\n"
+        "    <SentAt>2026-11-23T08:00:00+07:00</SentAt>\n  </Header>\n"
+        f"  <Body>\n{payload}\n  </Body>\n</Envelope>\n"
+    ).encode()
+
+
+def with_message_id(body: bytes, message_id: str) -> bytes:
+    """A copy of an example envelope with another MessageId (so every post is a new message)."""
+    start = body.index(b"<MessageId>") + len(b"<MessageId>")
+    end = body.index(b"</MessageId>")
+    return body[:start] + message_id.encode() + body[end:]
