@@ -1,0 +1,389 @@
+"""A backend to break on purpose: drills, tests and the demo deliver to this.
+
+Two listeners, because one of them must be able to disappear. The data port (`--port`)
+is the fake backend: `POST /inbound` records each delivery by `X-Message-Id` and counts
+duplicates; `GET /health` (or `GET /inbound`) says whether it is up. The control port
+(`--control-port`) stays reachable in every mode: `GET /_sim/state`, `POST /_sim/mode`
+(JSON such as `{"mode": "error", "status": 503, "retry_after": "30"}`), `GET /_sim/received`,
+`GET /_sim/received/ids`, `POST /_sim/reset`.
+
+Modes: `up`; `down` closes the listening socket and drops open connections, so clients get
+a real "connection refused" until it reopens on the same port; `error` answers `status`
+(default 503; /health says 503) with an optional `Retry-After` sent verbatim; `slow` waits
+`delay_ms` and still records a message whose client gave up, as a real backend would commit
+it (this is how timeouts cause duplicates); `reject` answers 400 for `reject_types` and
+accepts the rest; `flap` alternates up and down every `flap_s` seconds.
+
+`swgw simulate` = `add_arguments(parser)` then `run(namespace)`; `python -m gateway.simulator`
+runs `main(argv)`. Tests use `Simulator` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("gateway.simulator")
+
+MODES = ("up", "down", "error", "slow", "reject", "flap")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What the backend does now. Each option only matters in its own mode."""
+
+    name: str = "up"
+    status: int = 503  # error: the status answered (400-599, so 408/429 drills work too)
+    retry_after: str | None = None  # error: Retry-After value, verbatim (seconds, a date, or garbage)
+    delay_ms: int = 0  # slow
+    reject_types: frozenset[str] = frozenset()  # reject: answered 400
+    flap_s: float = 5.0  # flap: seconds up, then as many down
+
+    def __post_init__(self) -> None:
+        # Checked here, not in the parsers, so the control API, the CLI and tests share it.
+        types = self.reject_types
+        types_ok = isinstance(types, list | tuple | set | frozenset) and all(isinstance(t, str) for t in types)
+        checks = (  # `type(x) is int` because True is an int too
+            ("mode", self.name, self.name in MODES, f"one of {', '.join(MODES)}"),
+            ("status", self.status, type(self.status) is int and 400 <= self.status <= 599, "an integer 400-599"),
+            ("retry_after", self.retry_after, self.retry_after is None or isinstance(self.retry_after, str), "text"),
+            ("delay_ms", self.delay_ms, type(self.delay_ms) is int and self.delay_ms >= 0, "an integer >= 0"),
+            ("flap_s", self.flap_s, type(self.flap_s) in (int, float) and self.flap_s > 0, "a number > 0"),
+            ("reject_types", types, types_ok, "a list of strings"),
+        )
+        for key, value, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{key}: {value!r} must be {expected}")
+        object.__setattr__(self, "reject_types", frozenset(types))
+
+    @classmethod
+    def from_json(cls, data: Any) -> Mode:
+        """Build from a control-API body; errors name the offending key."""
+        if not isinstance(data, dict):
+            raise ValueError("body must be a JSON object")
+        options = [f.name for f in fields(cls) if f.name != "name"]
+        for key in data:
+            if key != "mode" and key not in options:
+                raise ValueError(f"{key}: unknown option (expected mode, {', '.join(options)})")
+        kw = {("name" if k == "mode" else k): v for k, v in data.items()}
+        if type(kw.get("retry_after")) in (int, float):  # forgive {"retry_after": 30}
+            kw["retry_after"] = str(kw["retry_after"])
+        return cls(**kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"mode": d.pop("name"), **d, "reject_types": sorted(self.reject_types)}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted POST, as the backend saw it."""
+
+    message_id: str
+    message_type: str
+    sender: str
+    attempt: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """Counts since start or the last reset. `conflicts`: duplicates whose body differed."""
+
+    total: int
+    unique: int
+    duplicates: int
+    conflicts: int
+    rejected: int
+    by_type: dict[str, int]  # unique ids per message type
+
+
+def _problem(status: int, title: str, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    resp = web.json_response(body, status=status, content_type="application/problem+json")
+    resp.headers.update(headers or {})
+    return resp
+
+
+class Simulator:
+    """The simulated backend. `port=0` / `control_port=0` pick free ports (read `.port`).
+
+    `sleep` paces `slow` delays and `flap` periods; tests inject a controllable one.
+    `mode` is read-only: change it with `set_mode()`, which opens or closes the port.
+    Use as `async with Simulator(...) as sim:` or call `start()` and `stop()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        control_port: int = 0,
+        path: str = "/inbound",
+        mode: Mode | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.host, self.path, self.port, self.control_port = host, path, port, control_port
+        self.mode = mode or Mode()
+        self._sleep = sleep
+        self._arrived = asyncio.Condition()
+        self._listen_lock = asyncio.Lock()
+        self._flapper: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._site: web.TCPSite | None = None
+        self.reset()
+        data = web.Application()
+        data.router.add_post(path, self._inbound)
+        data.router.add_get(path, self._health)
+        data.router.add_get("/health", self._health)
+        self._data = web.AppRunner(data, access_log=None, shutdown_timeout=1.0)
+        control = web.Application()
+        control.router.add_get("/_sim/state", self._get_state)
+        control.router.add_post("/_sim/mode", self._post_mode)
+        control.router.add_get("/_sim/received", self._get_received)
+        control.router.add_get("/_sim/received/ids", self._get_ids)
+        control.router.add_post("/_sim/reset", self._post_reset)
+        self._control = web.AppRunner(control, access_log=None)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.path}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.host}:{self.control_port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._site is not None
+
+    @property
+    def received(self) -> Received:
+        total, unique = len(self.deliveries), len(self._first)
+        return Received(total, unique, total - unique, self._conflicts, self._rejected, dict(self._by_type))
+
+    @property
+    def ids(self) -> list[str]:
+        """Unique message ids in first-seen order."""
+        return list(self._first)
+
+    def reset(self) -> None:
+        """Forget everything received (the mode is kept)."""
+        self.deliveries: list[Delivery] = []
+        self._first: dict[str, str] = {}  # id -> sha256 of the first copy
+        self._by_type: Counter[str] = Counter()
+        self._conflicts = self._rejected = 0
+
+    async def start(self) -> None:
+        await self._control.setup()
+        await web.TCPSite(self._control, self.host, self.control_port).start()
+        self.control_port = self._control.addresses[0][1]
+        await self._data.setup()
+        # Always bind once, even when starting "down", so port=0 has a port to come back on.
+        await self._set_listening(True)
+        await self.set_mode(self.mode)
+
+    async def stop(self) -> None:
+        await self._stop_flapping()
+        await self._set_listening(False)
+        await self._data.cleanup()
+        await self._control.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def set_mode(self, mode: Mode | str, **options: Any) -> Mode:
+        """Switch mode, e.g. `await sim.set_mode("error", status=500, retry_after="5")`."""
+        new = mode if isinstance(mode, Mode) else Mode(mode, **options)
+        await self._stop_flapping()
+        self.mode = new
+        if new.name == "flap":
+            self._flapper = asyncio.create_task(self._flap(new.flap_s))
+        else:
+            await self._set_listening(new.name != "down")
+        log.info("simulator mode %s", new.as_dict())
+        return new
+
+    async def wait_for(self, count_unique: int, timeout_s: float) -> Received:
+        """Wait until at least `count_unique` distinct ids arrived; TimeoutError otherwise."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self._first) >= count_unique)
+        return self.received
+
+    # --- data port ---------------------------------------------------------------------------
+
+    async def _inbound(self, request: web.Request) -> web.Response:
+        mode = self.mode
+        body = await request.read()
+        if failure := await self._misbehave(mode, mode.status):
+            return failure
+        h = request.headers
+        mid, mtype = h.get("X-Message-Id", ""), h.get("X-Message-Type", "")
+        if not mid:
+            self._rejected += 1
+            return _problem(400, "Missing message id", "the X-Message-Id header is required")
+        if mode.name == "reject" and mtype in mode.reject_types:
+            self._rejected += 1
+            return _problem(400, "Rejected", f"simulator rejects message type {mtype!r}")
+        digest = hashlib.sha256(body).hexdigest()
+        d = Delivery(mid, mtype, h.get("X-Message-From", ""), h.get("X-Delivery-Attempt", ""), len(body), digest)
+        self.deliveries.append(d)
+        duplicate = mid in self._first
+        if duplicate:
+            self._conflicts += self._first[mid] != digest
+        else:
+            self._first[mid] = digest
+            self._by_type[mtype] += 1
+        async with self._arrived:
+            self._arrived.notify_all()
+        return web.json_response({"status": "accepted", "message_id": mid, "duplicate": duplicate})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return await self._misbehave(self.mode, 503) or web.json_response({"status": "up"})
+
+    async def _misbehave(self, mode: Mode, status: int) -> web.Response | None:
+        """The slow delay, then in error mode an answer with `status`; None: answer normally."""
+        if mode.name == "slow":
+            # Tracked so that going down can kill it, as a crashing process would.
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                await self._sleep(mode.delay_ms / 1000)
+            finally:
+                self._inflight.discard(task)
+        if mode.name != "error":
+            return None
+        headers = {"Retry-After": mode.retry_after} if mode.retry_after is not None else None
+        return _problem(status, "Simulated failure", f"simulator in error mode ({status})", headers)
+
+    async def _set_listening(self, up: bool) -> None:
+        async with self._listen_lock:
+            if up and self._site is None:
+                self._site = web.TCPSite(self._data, self.host, self.port, reuse_address=True)
+                await self._site.start()
+                self.port = self._data.addresses[0][1]
+                log.info("simulator data port %d accepting connections", self.port)
+            elif not up and self._site is not None:
+                site, self._site = self._site, None
+                await site.stop()
+                # Closing the listener alone would leave keep-alive connections answering.
+                server = self._data.server
+                for conn in server.connections if server else ():
+                    conn.force_close()
+                for task in list(self._inflight):
+                    task.cancel()
+                log.info("simulator data port %d refusing connections", self.port)
+
+    async def _flap(self, period_s: float) -> None:
+        while True:
+            for up in (True, False):
+                # Shielded: a mode change must not leave a half-opened listener behind.
+                await asyncio.shield(self._set_listening(up))
+                await self._sleep(period_s)
+
+    async def _stop_flapping(self) -> None:
+        if self._flapper is not None:
+            self._flapper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flapper
+            self._flapper = None
+
+    # --- control port ------------------------------------------------------------------------
+
+    async def _get_state(self, request: web.Request | None = None) -> web.Response:
+        state = {"mode": self.mode.as_dict(), "listening": self.listening, "url": self.url, "port": self.port}
+        return web.json_response(state)
+
+    async def _post_mode(self, request: web.Request) -> web.Response:
+        try:
+            mode = Mode.from_json(await request.json())
+        except ValueError as exc:  # includes malformed JSON
+            return web.json_response({"error": str(exc)}, status=400)
+        await self.set_mode(mode)
+        return await self._get_state()
+
+    async def _get_received(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self.received))
+
+    async def _get_ids(self, request: web.Request) -> web.Response:
+        return web.json_response({"ids": self.ids})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response(asdict(self.received))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `swgw simulate`; cli.py adds them to its subparser."""
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    add("--port", type=int, default=8081, help="data port the gateway delivers to (default 8081)")
+    add("--control-port", type=int, default=8082, help="control API port (default 8082)")
+    add("--path", default="/inbound", help="delivery path (default /inbound)")
+    add("--mode", dest="name", choices=MODES, default="up", help="starting mode (default up)")
+    add("--status", type=int, default=503, help="error mode: HTTP status (default 503)")
+    add("--retry-after", help="error mode: Retry-After header value")
+    add("--delay-ms", type=int, default=0, help="slow mode: delay per request")
+    add("--reject-type", dest="reject_types", action="append", default=[], help="reject mode: a type to 400")
+    add("--flap-s", type=float, default=5.0, help="flap mode: seconds up, then down (default 5)")
+
+
+def mode_from_args(ns: argparse.Namespace) -> Mode:
+    """The starting mode from `add_arguments` options; ValueError names a bad one."""
+    return Mode(**{f.name: getattr(ns, f.name) for f in fields(Mode)})
+
+
+async def serve(sim: Simulator) -> None:
+    """Run `sim` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    async with sim:
+        print(f"simulator: deliveries to {sim.url}, control at {sim.control_url}/_sim/state", flush=True)
+        await stop.wait()
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Entry point for `swgw simulate` after argument parsing; returns the exit status."""
+    try:
+        mode = mode_from_args(ns)
+    except ValueError as exc:  # e.g. --status 200
+        print(f"swgw simulate: {exc}")
+        return 2
+    sim = Simulator(host=ns.host, port=ns.port, control_port=ns.control_port, path=ns.path, mode=mode)
+    asyncio.run(serve(sim))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="swgw simulate", description="Backend simulator for drills.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    raise SystemExit(main())
