@@ -291,9 +291,7 @@ def test_allowance_without_restart_is_full_rate() -> None:
 # --- RateLimiter -------------------------------------------------------------------------------
 
 
-def limiter(
-    clock: FakeClock, rate: float, *, ramp_s: float = 0.0
-) -> tuple[SlowStart, RateLimiter, ClockSleep]:
+def limiter(clock: FakeClock, rate: float, *, ramp_s: float = 0.0) -> tuple[SlowStart, RateLimiter, ClockSleep]:
     s = SlowStart(max_rate_per_s=rate, max_concurrency=8, ramp_s=ramp_s, clock=clock)
     sleep = ClockSleep(clock)
     return s, RateLimiter(s, sleep=sleep), sleep

@@ -263,9 +263,7 @@ async def test_stops_when_circuit_opens_mid_loop() -> None:
     sleep = FakeSleep()
     backend = Backend(*[TransientDeliveryError("down") for _ in range(10)])
     with pytest.raises(TransientDeliveryError):
-        await retrying(dest(max_attempts=8), should_continue=lambda: backend.attempts < 3, sleep=sleep)(
-            backend.send
-        )
+        await retrying(dest(max_attempts=8), should_continue=lambda: backend.attempts < 3, sleep=sleep)(backend.send)
     assert backend.attempts == 3
     assert len(sleep.calls) == 2
 
@@ -273,9 +271,9 @@ async def test_stops_when_circuit_opens_mid_loop() -> None:
 async def test_waits_follow_compute_backoff_with_same_seed() -> None:
     sleep = FakeSleep()
     backend = Backend(*[TransientDeliveryError("down") for _ in range(4)])
-    await retrying(
-        dest(max_attempts=5, backoff_min_s=1.0, backoff_max_s=6.0), sleep=sleep, rng=random.Random(9)
-    )(backend.send)
+    await retrying(dest(max_attempts=5, backoff_min_s=1.0, backoff_max_s=6.0), sleep=sleep, rng=random.Random(9))(
+        backend.send
+    )
     rng = random.Random(9)
     expected = [compute_backoff(n, min_s=1.0, max_s=6.0, rng=rng) for n in range(1, 5)]
     assert sleep.calls == expected
@@ -285,9 +283,7 @@ async def test_waits_follow_compute_backoff_with_same_seed() -> None:
 async def test_retry_after_longer_than_backoff_is_honoured() -> None:
     sleep = FakeSleep()
     backend = Backend(TransientDeliveryError("429", status=429, retry_after_s=7.0))
-    await retrying(dest(backoff_min_s=0.1, backoff_max_s=60.0), sleep=sleep, rng=random.Random(1))(
-        backend.send
-    )
+    await retrying(dest(backoff_min_s=0.1, backoff_max_s=60.0), sleep=sleep, rng=random.Random(1))(backend.send)
     assert sleep.calls == [7.0]
 
 
@@ -301,9 +297,7 @@ async def test_retry_after_is_capped_at_backoff_max() -> None:
 async def test_retry_after_shorter_than_backoff_does_not_shorten_it() -> None:
     sleep = FakeSleep()
     backend = Backend(TransientDeliveryError("503", status=503, retry_after_s=0.0))
-    await retrying(dest(backoff_min_s=2.0, backoff_max_s=30.0), sleep=sleep, rng=random.Random(1))(
-        backend.send
-    )
+    await retrying(dest(backoff_min_s=2.0, backoff_max_s=30.0), sleep=sleep, rng=random.Random(1))(backend.send)
     assert len(sleep.calls) == 1
     assert 2.0 <= sleep.calls[0] <= 4.0
 
