@@ -12,7 +12,7 @@ reports the same value (use max, not sum); circuit and last-delivery gauges are 
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 UNKNOWN = "(unknown)"
@@ -26,6 +26,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
+        # process_* (memory, CPU, open fds, start time: a restart shows as a jump) and
+        # python_info. The default registry would have them, but ours is passed in.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         # ingest
         self.ingest_messages = Counter(
             "swgw_ingest_messages_total",
