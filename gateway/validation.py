@@ -31,7 +31,9 @@ ENVELOPE_TAG = f"{{{ENVELOPE_NS}}}Envelope"
 ENVELOPE_XSD = Path(__file__).resolve().parent.parent / "schemas" / "envelope" / "envelope-1.xsd"
 MAX_PROBLEMS = 50
 _XSD_NS = "http://www.w3.org/2001/XMLSchema"
-_CLARK_RE = re.compile(r"\{[^}]*\}")
+# Clark names only ({urn:...}Name, {http://...}Name): a namespace URI always has a colon, a regex
+# quantifier ({4}, {0,2}) or an enumeration set ({'IM', 'EX'}) never both lacks quotes and has one.
+_CLARK_RE = re.compile(r"\{[^{}\s']*:[^{}\s']*\}")
 _ELEMENT_PREFIX_RE = re.compile(r"^Element '[^']*'(?:, attribute '([^']*)')?: ")
 
 RuleCheck = Callable[[etree._Element], Sequence[Problem]]
