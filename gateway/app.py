@@ -15,6 +15,7 @@ from gateway import health, rules
 from gateway.auth import Authenticator
 from gateway.broker import Broker
 from gateway.config import Settings
+from gateway.dedup import Deduplicator
 from gateway.ingress import Ingress
 from gateway.metrics import Metrics, metrics_handler
 from gateway.problems import problem_middleware
@@ -31,7 +32,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     validator = Validator.from_settings(settings, rules=rules.check)
     broker = Broker(settings, metrics)
-    ingress = Ingress(settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners))
+    # --- dedup: the store of seen MessageIds, opened and closed with the app ---
+    dedup = Deduplicator.from_settings(settings.dedup, retry_after_s=settings.broker.retry_after_s)
+    # --- end dedup ---
+    ingress = Ingress(
+        settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners), dedup
+    )
 
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.server.max_body_bytes)
     app[METRICS] = metrics
@@ -45,6 +51,15 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         await broker.close()
 
     app.cleanup_ctx.append(lifespan)
+
+    # --- dedup ---
+    async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
+        await dedup.start()
+        yield
+        await dedup.close()
+
+    app.cleanup_ctx.append(dedup_lifespan)
+    # --- end dedup ---
 
     async def post_message(request: web.Request) -> web.Response:
         return await ingress.handle(request)

@@ -5,7 +5,7 @@ was expected, so an operator can fix a config without reading code. Unknown keys
 errors too: a typo such as `timout_s` silently falling back to a default is how outages
 get longer. Relative paths are resolved against the config file's folder. Environment
 variables override only secrets and the broker URL (`SWGW_BROKER_URL`,
-`SWGW_ADMIN_TOKEN_SHA256`); nothing else in the package reads the environment.
+`SWGW_ADMIN_TOKEN_SHA256`, `SWGW_DEDUP_DSN`); nothing else in the package reads the environment.
 """
 
 from __future__ import annotations
@@ -151,6 +151,80 @@ class Logging:
     format: str = "json"
 
 
+# --- dedup (gateway/dedup.py) -----------------------------------------------------------
+DEDUP_BACKENDS = ("sqlite", "postgres", "none")
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """The store of seen (sender, MessageId) pairs; gateway/dedup.py says why SQLite is the default.
+
+    `path` (sqlite) is relative to the config file; `dsn` (postgres) is a Secret, env
+    `SWGW_DEDUP_DSN` overrides it. `table` defaults to `<broker.prefix>_dedup` (non
+    [a-z0-9_] characters become `_`), so gateways with their own prefix keep their own ids.
+    `claim_timeout_s` must exceed `broker.confirm_timeout_s`; `timeout_s` bounds every store call.
+    """
+
+    backend: str = "sqlite"
+    path: Path = Path("swgw-dedup.sqlite3")
+    dsn: Secret | None = None
+    table: str = "swgw_dedup"
+    window_days: float = 7.0
+    claim_timeout_s: float = 60.0
+    purge_interval_s: float = 3600.0
+    timeout_s: float = 2.0
+    pool_size: int = 10
+    on_store_error: str = "reject"
+
+
+def _dedup(doc: Mapping[str, Any], file: str, base: Path, env: Mapping[str, str], broker: Broker) -> Dedup:
+    r = _Reader(file, "dedup", doc.get("dedup", {}))
+    backend = r.get("backend", str, Dedup.backend)
+    if backend not in DEDUP_BACKENDS:
+        raise ConfigError(file, "dedup.backend", f"{backend!r} is not one of {', '.join(DEDUP_BACKENDS)}")
+    file_dsn = r.opt("dsn", str)
+    dsn = env.get("SWGW_DEDUP_DSN") or file_dsn
+    if dsn is not None and not dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(file, "dedup.dsn", "must start with postgresql:// (env SWGW_DEDUP_DSN overrides it)")
+    if backend == "postgres" and dsn is None:
+        raise ConfigError(file, "dedup.dsn", 'is required when backend = "postgres" (or set SWGW_DEDUP_DSN)')
+    derived = re.sub(r"[^a-z0-9_]", "_", broker.prefix.lower()) + "_dedup"
+    table = r.get("table", str, derived)
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", table):
+        raise ConfigError(
+            file, "dedup.table", f"{table!r} must be 1-63 chars of [a-z0-9_] starting with a letter or _; set it"
+        )
+    window_days = r.positive("window_days", float, Dedup.window_days)
+    claim_timeout_s = r.positive("claim_timeout_s", float, Dedup.claim_timeout_s)
+    if claim_timeout_s <= broker.confirm_timeout_s:
+        raise ConfigError(
+            file,
+            "dedup.claim_timeout_s",
+            f"{claim_timeout_s:g} must exceed broker.confirm_timeout_s ({broker.confirm_timeout_s:g}), "
+            "or a slow publish could be taken over and queued twice",
+        )
+    on_error = r.get("on_store_error", str, Dedup.on_store_error)
+    if on_error not in ("reject", "accept"):
+        raise ConfigError(file, "dedup.on_store_error", f"{on_error!r} is not one of reject, accept")
+    dedup = Dedup(
+        backend=backend,
+        path=(base / r.get("path", str, str(Dedup.path))).resolve(),
+        dsn=Secret(dsn) if dsn is not None else None,
+        table=table,
+        window_days=window_days,
+        claim_timeout_s=claim_timeout_s,
+        purge_interval_s=r.positive("purge_interval_s", float, Dedup.purge_interval_s),
+        timeout_s=r.positive("timeout_s", float, Dedup.timeout_s),
+        pool_size=r.positive("pool_size", int, Dedup.pool_size),
+        on_store_error=on_error,
+    )
+    r.done()
+    return dedup
+
+
+# --- end dedup ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Settings:
     path: Path
@@ -162,6 +236,7 @@ class Settings:
     routes: tuple[Route, ...]
     admin: Admin = Admin()
     logging: Logging = Logging()
+    dedup: Dedup = Dedup()
 
     def destination(self, dest_id: str) -> Destination:
         for d in self.destinations:
@@ -394,6 +469,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     if fmt not in {"json", "text"}:
         raise ConfigError(file, "logging.format", f"{fmt!r} is not one of json, text")
     lg.done()
+    root.used.add("dedup")
+    dedup = _dedup(doc, file, base, env, broker)
     root.done()
 
     return Settings(
@@ -406,4 +483,5 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         routes=tuple(routes),
         admin=admin,
         logging=Logging(level=level, format=fmt),
+        dedup=dedup,
     )

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.broker import Broker
 from gateway.config import Partner, Settings
+from gateway.dedup import Deduplicator
 from gateway.errors import (
     Forbidden,
     IngressError,
@@ -44,6 +45,8 @@ class Ingress:
     broker: Broker
     metrics: Metrics
     auth: Authenticator
+    # Duplicate elimination (gateway/dedup.py); create_app passes the configured one.
+    dedup: Deduplicator = field(default_factory=lambda: Deduplicator(None))
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -106,7 +109,23 @@ class Ingress:
             body=body,
             test=env.test,
         )
-        await self.broker.publish(message)
+        # --- dedup: publish unless (sender, MessageId) was queued already (gateway/dedup.py) ---
+        receipt = await self.dedup.publish_once(message, self.broker.publish)
+        if receipt.duplicate:
+            self.metrics.ingest_messages.labels(partner.id, env.message_type, "duplicate").inc()
+            log.info(
+                "duplicate",
+                extra={
+                    "event": "duplicate",
+                    "message_id": message.message_id,
+                    "partner": partner.id,
+                    "message_type": message.message_type,
+                    "destination": receipt.destination,
+                    "received_at": receipt.received_at,
+                },
+            )
+            return web.json_response(receipt.as_json(), status=200)
+        # --- end dedup ---
         self.metrics.ingest_messages.labels(partner.id, env.message_type, "accepted").inc()
         log.info(
             "queued",

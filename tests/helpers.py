@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -268,3 +270,31 @@ def with_message_id(body: bytes, message_id: str) -> bytes:
     start = body.index(b"<MessageId>") + len(b"<MessageId>")
     end = body.index(b"</MessageId>")
     return body[:start] + message_id.encode() + body[end:]
+
+# --- dedup: PostgreSQL for the shared store of seen ids (gateway/dedup.py) ---------------------
+# ops/setup-env.sh creates this role and database; trust or password auth both work with it.
+PG_DSN = os.environ.get("SWGW_TEST_PG_DSN", "postgresql://swgw:swgw@127.0.0.1:5432/swgw_test")
+
+
+def require_postgres() -> str:
+    """The test PostgreSQL DSN. Missing locally → skip; missing in CI → fail (CI must test for real)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return PG_DSN
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 in CI (ops/setup-env.sh starts it)")
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+
+
+async def drop_pg_table(table: str, dsn: str = PG_DSN) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+    finally:
+        await conn.close()
+
+
+# --- end dedup ---------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""The SQLite store of seen ids: one local file, for a single host (see gateway/dedup.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Dedup
+from gateway.dedup import PURGE_BATCH, Claimed, ClaimResult, Clock, InFlight, Limits, Receipt, Seen, StoreError
+
+
+class SqliteStore:
+    """Seen ids in a local SQLite file (gateway/dedup.py says when that is enough).
+
+    One connection, used from worker threads under a lock: the lock is taken inside the
+    thread, so a cancelled request can never leave two threads on the connection. WAL with
+    synchronous=NORMAL survives a killed process; a power cut may lose the last receipts,
+    which only means a re-send is queued again (backends deduplicate).
+    """
+
+    def __init__(self, settings: Dedup, *, clock: Clock = time.time) -> None:
+        self.path = Path(settings.path)
+        self.table = settings.table
+        self.timeout_s = settings.timeout_s
+        self._limits = Limits(settings, clock)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(self._locked, db.close)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        t = self.table
+        db.execute(
+            f'CREATE TABLE IF NOT EXISTS "{t}" (sender TEXT NOT NULL, message_id TEXT NOT NULL, state TEXT NOT NULL, '
+            "token TEXT, at REAL NOT NULL, digest TEXT NOT NULL, destination TEXT, received_at TEXT, "
+            "PRIMARY KEY (sender, message_id))"
+        )
+        db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_at" ON "{t}" (at)')
+        self._db = db
+
+    def _locked(self, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            return fn()
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return await asyncio.to_thread(self._locked, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.OperationalError("store is not open")
+        return self._db
+
+    async def lookup(self, sender: str, message_id: str) -> Receipt | None:
+        _, expired, _ = self._limits.cutoffs()
+
+        def q() -> Receipt | None:
+            row = (
+                self._conn()
+                .execute(
+                    f'SELECT destination, received_at FROM "{self.table}" '
+                    "WHERE sender = ? AND message_id = ? AND state = 'queued' AND at >= ?",
+                    (sender, message_id, expired),
+                )
+                .fetchone()
+            )
+            return Receipt(message_id, row[0], row[1], duplicate=True) if row else None
+
+        result: Receipt | None = await self._run(q)
+        return result
+
+    async def claim(self, sender: str, message_id: str, digest: str) -> ClaimResult:
+        now, expired, stale = self._limits.cutoffs()
+        token = uuid.uuid4().hex
+
+        def q() -> ClaimResult:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock first: no other process can interleave
+            try:
+                row = db.execute(
+                    f'SELECT state, at, digest, destination, received_at FROM "{self.table}" '
+                    "WHERE sender = ? AND message_id = ?",
+                    (sender, message_id),
+                ).fetchone()
+                result: ClaimResult
+                if row is not None and row[0] == "queued" and row[1] >= expired:
+                    result = Seen(Receipt(message_id, row[3], row[4], duplicate=True), row[2])
+                elif row is not None and row[0] == "pending" and row[1] >= stale:
+                    result = InFlight()
+                else:
+                    db.execute(
+                        f'INSERT OR REPLACE INTO "{self.table}" (sender, message_id, state, token, at, digest) '
+                        "VALUES (?, ?, 'pending', ?, ?, ?)",
+                        (sender, message_id, token, now, digest),
+                    )
+                    result = Claimed(sender, message_id, token)
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        result: ClaimResult = await self._run(q)
+        return result
+
+    async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
+        now = self._limits.clock()
+
+        def q() -> bool:
+            cur = self._conn().execute(
+                f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = ?, destination = ?, received_at = ? "
+                "WHERE sender = ? AND message_id = ? AND token = ?",
+                (now, receipt.destination, receipt.received_at, claim.sender, claim.message_id, claim.token),
+            )
+            return cur.rowcount == 1
+
+        done: bool = await self._run(q)
+        return done
+
+    async def release(self, claim: Claimed) -> None:
+        await self._run(
+            lambda: self._conn().execute(
+                f"DELETE FROM \"{self.table}\" WHERE sender = ? AND message_id = ? AND token = ? AND state = 'pending'",
+                (claim.sender, claim.message_id, claim.token),
+            )
+        )
+
+    async def purge(self) -> int:
+        _, expired, stale = self._limits.cutoffs()
+
+        def q() -> int:
+            total = 0
+            while True:  # batches keep each write lock short
+                cur = self._conn().execute(
+                    f'DELETE FROM "{self.table}" WHERE rowid IN (SELECT rowid FROM "{self.table}" '
+                    "WHERE (state = 'queued' AND at < ?) OR (state = 'pending' AND at < ?) LIMIT ?)",
+                    (expired, stale, PURGE_BATCH),
+                )
+                total += cur.rowcount
+                if cur.rowcount < PURGE_BATCH:
+                    return total
+
+        deleted: int = await self._run(q)
+        return deleted

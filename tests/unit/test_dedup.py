@@ -1,0 +1,419 @@
+"""The store of seen ids (SQLite and PostgreSQL, same tests) and the claim/publish/confirm policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Dedup, Secret, load_settings
+from gateway.dedup import (
+    Claimed,
+    Deduplicator,
+    DedupStore,
+    DedupUnavailable,
+    DuplicateInFlight,
+    InFlight,
+    Receipt,
+    Seen,
+    StoreError,
+)
+from gateway.dedup_postgres import PostgresStore
+from gateway.dedup_sqlite import SqliteStore
+from gateway.errors import BrokerUnavailable, ConfigError
+from gateway.messages import QueuedMessage
+from tests.helpers import config_doc, drop_pg_table, free_port, require_postgres, to_toml
+
+DAY = 86_400.0
+
+
+class Clock:
+    """Epoch seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+StoreFactory = Callable[[], DedupStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[StoreFactory, Clock]]:
+    """Builds stores on one isolated file or table; several instances act as several processes/replicas."""
+    clock = Clock()
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    if request.param == "postgres":
+        dsn = require_postgres()
+        settings = Dedup(backend="postgres", dsn=Secret(dsn), table=table, claim_timeout_s=60, pool_size=20)
+    else:
+        settings = Dedup(backend="sqlite", path=tmp_path / "seen.sqlite3", table=table, claim_timeout_s=60)
+    opened: list[DedupStore] = []
+
+    def factory() -> DedupStore:
+        store: DedupStore = (
+            PostgresStore(settings, clock=clock) if request.param == "postgres" else SqliteStore(settings, clock=clock)
+        )
+        opened.append(store)
+        return store
+
+    yield factory, clock
+    for store in opened:
+        await store.close()
+    if request.param == "postgres":
+        await drop_pg_table(table)
+
+
+async def started(factory: StoreFactory) -> DedupStore:
+    store = factory()
+    await store.start()
+    return store
+
+
+RECEIPT = Receipt("M-1", "vnaccs", "2026-11-23T01:00:00.000Z")
+
+
+async def test_claim_confirm_then_a_resend_sees_the_original_receipt(make_store) -> None:  # type: ignore[no-untyped-def]
+    store = await started(make_store[0])
+    claim = await store.claim("VN-NSW", "M-1", "d1")
+    assert isinstance(claim, Claimed)
+    assert await store.lookup("VN-NSW", "M-1") is None  # pending is not seen
+    assert await store.confirm(claim, RECEIPT)
+    again = await store.claim("VN-NSW", "M-1", "d2")
+    assert again == Seen(replace(RECEIPT, duplicate=True), "d1")
+    assert await store.lookup("VN-NSW", "M-1") == replace(RECEIPT, duplicate=True)
+    # the key is (sender, id): another sender's M-1 is a different message
+    assert isinstance(await store.claim("TH-NSW", "M-1", "d1"), Claimed)
+
+
+async def test_a_pending_claim_turns_a_concurrent_post_away_and_release_lets_the_retry_in(make_store) -> None:  # type: ignore[no-untyped-def]
+    store = await started(make_store[0])
+    claim = await store.claim("VN-NSW", "M-1", "d")
+    assert isinstance(claim, Claimed)
+    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
+    await store.release(claim)
+    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)
+
+
+async def test_simultaneous_claims_from_several_replicas_have_exactly_one_winner(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory, _ = make_store
+    replicas = [await started(factory) for _ in range(3)]
+    results = await asyncio.gather(*[replicas[i % 3].claim("VN-NSW", "RACE", "d") for i in range(30)])
+    winners = [r for r in results if isinstance(r, Claimed)]
+    assert len(winners) == 1
+    assert all(r == InFlight() for r in results if not isinstance(r, Claimed))
+    assert await replicas[1].confirm(winners[0], replace(RECEIPT, message_id="RACE"))
+    later = await asyncio.gather(*[r.claim("VN-NSW", "RACE", "d") for r in replicas])
+    assert all(isinstance(r, Seen) for r in later)
+
+
+async def test_a_stale_claim_is_taken_over_and_its_owner_can_no_longer_confirm_or_release(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory, clock = make_store
+    store = await started(factory)
+    old = await store.claim("VN-NSW", "M-1", "d")
+    assert isinstance(old, Claimed)
+    clock.now += 59
+    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
+    clock.now += 2  # past claim_timeout_s = 60: the owner died between confirm and record
+    new = await store.claim("VN-NSW", "M-1", "d")
+    assert isinstance(new, Claimed)
+    assert new.token != old.token
+    await store.release(old)  # must not delete the new owner's claim
+    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
+    assert not await store.confirm(old, RECEIPT)
+    assert await store.confirm(new, RECEIPT)
+
+
+async def test_entries_expire_after_the_window(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory, clock = make_store
+    store = await started(factory)
+    claim = await store.claim("VN-NSW", "M-1", "d")
+    assert isinstance(claim, Claimed)
+    await store.confirm(claim, RECEIPT)
+    clock.now += 7 * DAY - 1
+    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Seen)
+    clock.now += 2
+    assert await store.lookup("VN-NSW", "M-1") is None  # lazily ignored before any purge
+    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)
+
+
+async def test_purge_deletes_expired_entries_and_stale_claims_only(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory, clock = make_store
+    store = await started(factory)
+    for i in range(3):
+        c = await store.claim("VN-NSW", f"OLD-{i}", "d")
+        assert isinstance(c, Claimed)
+        await store.confirm(c, replace(RECEIPT, message_id=f"OLD-{i}"))
+    clock.now += 7 * DAY + 1
+    stale = await store.claim("VN-NSW", "STALE", "d")
+    fresh = await store.claim("VN-NSW", "FRESH", "d")
+    assert isinstance(fresh, Claimed)
+    await store.confirm(fresh, replace(RECEIPT, message_id="FRESH"))
+    clock.now += 61  # STALE is now older than claim_timeout_s; FRESH is a day-old receipt
+    assert isinstance(stale, Claimed)
+    assert await store.purge() == 4
+    assert await store.purge() == 0
+    assert await store.lookup("VN-NSW", "FRESH") is not None
+
+
+async def test_a_new_instance_on_the_same_store_remembers(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory, _ = make_store
+    first = await started(factory)
+    claim = await first.claim("VN-NSW", "M-1", "d")
+    assert isinstance(claim, Claimed)
+    await first.confirm(claim, RECEIPT)
+    await first.close()
+    second = await started(factory)  # a restarted gateway
+    assert await second.lookup("VN-NSW", "M-1") == replace(RECEIPT, duplicate=True)
+
+
+async def test_postgres_down_is_a_store_error_not_a_hang_and_start_up_survives() -> None:
+    settings = Dedup(
+        backend="postgres", dsn=Secret(f"postgresql://swgw:swgw@127.0.0.1:{free_port()}/swgw_test"), timeout_s=0.5
+    )
+    store = PostgresStore(settings)
+    await store.start()  # the gateway must come up while PostgreSQL is down
+    try:
+        with pytest.raises(StoreError, match="postgres"):
+            await asyncio.wait_for(store.claim("VN-NSW", "M-1", "d"), timeout=5)
+    finally:
+        await store.close()
+
+
+# --- the policy: Deduplicator.publish_once ----------------------------------------------------
+
+
+def message(message_id: str = "M-1", body: bytes = b"<x/>") -> QueuedMessage:
+    return QueuedMessage(
+        message_id=message_id,
+        correlation_id=None,
+        message_type="CUSDEC",
+        sender="VN-NSW",
+        receiver="VN-VNACCS",
+        partner="VN-NSW",
+        destination="vnaccs",
+        received_at="2026-11-23T01:00:00.000Z",
+        body=body,
+    )
+
+
+class Broker:
+    """Records publishes; `fail` makes the next publishes raise like an unconfirmed publish."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+        self.fail: BaseException | None = None
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def publish(self, m: QueuedMessage) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.published.append(m.message_id)
+
+
+@pytest.fixture
+async def dedup(tmp_path: Path) -> AsyncIterator[Deduplicator]:
+    d = Deduplicator(SqliteStore(Dedup(path=tmp_path / "seen.sqlite3")))
+    await d.start()
+    yield d
+    await d.close()
+
+
+async def test_a_resend_returns_the_original_receipt_and_is_not_published(dedup: Deduplicator) -> None:
+    broker = Broker()
+    first = await dedup.publish_once(message(), broker.publish)
+    assert not first.duplicate
+    resend = replace(message(), received_at="2026-11-24T00:00:00.000Z", destination="elsewhere")
+    second = await dedup.publish_once(resend, broker.publish)
+    assert second.duplicate
+    assert (second.received_at, second.destination) == (first.received_at, first.destination)
+    assert second.as_json() == {**first.as_json(), "duplicate": True}
+    assert broker.published == ["M-1"]
+
+
+async def test_an_unconfirmed_publish_is_not_recorded_so_the_retry_is_queued(dedup: Deduplicator) -> None:
+    broker = Broker()
+    broker.fail = BrokerUnavailable("no confirm", retry_after_s=1)
+    with pytest.raises(BrokerUnavailable):
+        await dedup.publish_once(message(), broker.publish)
+    broker.fail = None
+    receipt = await dedup.publish_once(message(), broker.publish)
+    assert not receipt.duplicate
+    assert broker.published == ["M-1"]
+
+
+async def test_a_cancelled_publish_releases_its_claim(dedup: Deduplicator) -> None:
+    broker = Broker()
+    broker.gate = asyncio.Event()
+    task = asyncio.create_task(dedup.publish_once(message(), broker.publish))
+    await broker.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    broker.gate = None
+    assert not (await dedup.publish_once(message(), broker.publish)).duplicate
+    assert broker.published == ["M-1"]
+
+
+async def test_a_concurrent_duplicate_gets_503_retry_later_then_the_receipt(dedup: Deduplicator) -> None:
+    broker = Broker()
+    broker.gate = asyncio.Event()
+    first = asyncio.create_task(dedup.publish_once(message(), broker.publish))
+    await broker.entered.wait()
+    with pytest.raises(DuplicateInFlight) as caught:
+        await dedup.publish_once(message(), broker.publish)
+    assert caught.value.status == 503
+    assert caught.value.retry_after_s == 1
+    broker.gate.set()
+    await first
+    assert (await dedup.publish_once(message(), broker.publish)).duplicate
+    assert broker.published == ["M-1"]
+
+
+async def test_different_content_under_a_seen_id_is_logged(
+    dedup: Deduplicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker()
+    await dedup.publish_once(message(body=b"<a/>"), broker.publish)
+    with caplog.at_level(logging.WARNING, logger="swgw.dedup"):
+        assert (await dedup.publish_once(message(body=b"<b/>"), broker.publish)).duplicate
+    assert "re-sent by VN-NSW with different content" in caplog.text
+
+
+class BrokenStore(SqliteStore):
+    """A store whose every call fails, as when the database is down."""
+
+    async def claim(self, sender: str, message_id: str, digest: str) -> Claimed | Seen | InFlight:
+        raise StoreError("database down")
+
+    async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
+        raise StoreError("database down")
+
+
+async def test_store_down_rejects_with_503_by_default_or_accepts_unchecked(tmp_path: Path) -> None:
+    broker = Broker()
+    store = BrokenStore(Dedup(path=tmp_path / "x.sqlite3"))
+    with pytest.raises(DedupUnavailable) as caught:
+        await Deduplicator(store, retry_after_s=7).publish_once(message(), broker.publish)
+    assert (caught.value.status, caught.value.retry_after_s) == (503, 7)
+    assert broker.published == []
+    receipt = await Deduplicator(store, on_store_error="accept").publish_once(message(), broker.publish)
+    assert not receipt.duplicate
+    assert broker.published == ["M-1"]
+
+
+async def test_a_failed_record_after_the_confirm_still_answers_202(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class RecordFails(SqliteStore):
+        async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
+            raise StoreError("disk full")
+
+    d = Deduplicator(RecordFails(Dedup(path=tmp_path / "x.sqlite3")))
+    await d.start()
+    try:
+        broker = Broker()
+        with caplog.at_level(logging.WARNING, logger="swgw.dedup"):
+            receipt = await d.publish_once(message(), broker.publish)
+        assert not receipt.duplicate  # the broker has it: the partner gets the 202
+        assert broker.published == ["M-1"]
+        assert "could not record it as seen: disk full" in caplog.text
+    finally:
+        await d.close()
+
+
+async def test_backend_none_publishes_every_time() -> None:
+    broker = Broker()
+    d = Deduplicator.from_settings(Dedup(backend="none"))
+    await d.start()
+    for _ in range(2):
+        assert not (await d.publish_once(message(), broker.publish)).duplicate
+    assert broker.published == ["M-1", "M-1"]
+    await d.close()
+
+
+async def test_the_purge_timer_runs(tmp_path: Path) -> None:
+    class Watched(SqliteStore):
+        purged = asyncio.Event()
+
+        async def purge(self) -> int:
+            deleted = await super().purge()
+            if deleted:
+                self.purged.set()
+            return deleted
+
+    clock = Clock()
+    store = Watched(Dedup(path=tmp_path / "x.sqlite3"), clock=clock)
+    await store.start()
+    claim = await store.claim("VN-NSW", "M-1", "d")
+    assert isinstance(claim, Claimed)
+    await store.confirm(claim, RECEIPT)
+    clock.now += 8 * DAY
+    d = Deduplicator(store, purge_interval_s=0.01)
+    await d.start()
+    try:
+        await asyncio.wait_for(store.purged.wait(), timeout=5)
+    finally:
+        await d.close()
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, dedup: dict[str, object] | None = None, env: dict[str, str] | None = None) -> Dedup:
+    doc = config_doc("swgw-Test.1")
+    if dedup is not None:
+        doc["dedup"] = dedup
+    path = tmp_path / "gateway.toml"
+    path.write_text(to_toml(doc), encoding="utf-8")
+    return load_settings(path, env=env or {}).dedup
+
+
+def test_config_defaults_sqlite_next_to_the_config_with_a_table_per_prefix(tmp_path: Path) -> None:
+    d = _settings(tmp_path)
+    assert (d.backend, d.window_days, d.on_store_error) == ("sqlite", 7.0, "reject")
+    assert d.path == tmp_path / "swgw-dedup.sqlite3"
+    assert d.table == "swgw_test_1_dedup"
+
+
+def test_config_postgres_dsn_from_env_overrides_and_never_prints(tmp_path: Path) -> None:
+    d = _settings(
+        tmp_path,
+        {"backend": "postgres", "dsn": "postgresql://a@h/db", "table": "seen", "window_days": 14},
+        env={"SWGW_DEDUP_DSN": "postgresql://secret@h/db"},
+    )
+    assert d.dsn is not None
+    assert d.dsn.reveal() == "postgresql://secret@h/db"
+    assert "secret" not in repr(d)
+    assert (d.table, d.window_days) == ("seen", 14.0)
+
+
+@pytest.mark.parametrize(
+    ("dedup", "key", "fragment"),
+    [
+        ({"backend": "redis"}, "dedup.backend", "not one of sqlite, postgres, none"),
+        ({"backend": "postgres"}, "dedup.dsn", "is required"),
+        ({"dsn": "mysql://x"}, "dedup.dsn", "postgresql://"),
+        ({"table": "Bad-Name"}, "dedup.table", "[a-z0-9_]"),
+        ({"claim_timeout_s": 3}, "dedup.claim_timeout_s", "must exceed broker.confirm_timeout_s"),
+        ({"on_store_error": "ignore"}, "dedup.on_store_error", "reject, accept"),
+        ({"window_days": 0}, "dedup.window_days", "must be > 0"),
+        ({"windows_days": 7}, "dedup.windows_days", "unknown key"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, dedup: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, dedup)
+    assert caught.value.key == key
+    assert fragment in str(caught.value)
