@@ -2,14 +2,22 @@
 
 Message-related events pass their context as `extra={...}` (event, message_id, partner,
 message_type, destination, ...); the formatter copies only those known keys, so a body or
-token can never reach a log line by accident.
+token passed as `extra` can never reach a log line by accident.
+
+The message text itself is built from format arguments nobody whitelists, so the
+formatters also scrub it (`safe_message`): a bytes argument (bodies travel as bytes
+everywhere in the gateway) is printed as its length, and a `Bearer`/`Basic` credential is
+masked wherever it appears, including in context values and tracebacks. What stays the
+caller's job: not pasting a body into an f-string (it is a str by then, like any other).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from gateway.config import Logging
@@ -33,30 +41,68 @@ CONTEXT_KEYS = (
 )
 
 
+# 8+ characters: real tokens are long, and "the bearer of" stays readable.
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def mask_credentials(text: str) -> str:
+    """`Authorization: Bearer abc` → `Authorization: Bearer [redacted]`."""
+    return _CREDENTIAL.sub(r"\1\2[redacted]", text)
+
+
+def _scrub(arg: object) -> object:
+    if isinstance(arg, bytes | bytearray | memoryview):
+        return f"<{len(arg)} bytes>"
+    return arg
+
+
+def safe_message(record: logging.LogRecord) -> str:
+    """record.getMessage(), with bytes arguments shown as their length and credentials masked."""
+    args = record.args
+    if isinstance(args, Mapping):
+        args = {k: _scrub(v) for k, v in args.items()}
+    elif args:
+        args = tuple(_scrub(a) for a in args)
+    msg = str(record.msg)
+    if args:
+        msg = msg % args
+    return mask_credentials(msg)
+
+
+def _context(record: logging.LogRecord) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key in CONTEXT_KEYS:
+        value = record.__dict__.get(key)
+        if value is not None:
+            out[key] = mask_credentials(value) if isinstance(value, str) else _scrub(value)
+    return out
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC), level, logger, msg, the context keys present, exc."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": safe_message(record),
+            **_context(record),
         }
-        for key in CONTEXT_KEYS:
-            value = record.__dict__.get(key)
-            if value is not None:
-                out[key] = value
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = mask_credentials(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
+    """`HH:MM:SS LEVEL logger: message  [key=value ...]` for people at a terminal."""
+
     def format(self, record: logging.LogRecord) -> str:
-        ctx = " ".join(f"{k}={record.__dict__[k]}" for k in CONTEXT_KEYS if record.__dict__.get(k) is not None)
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        ctx = " ".join(f"{k}={v}" for k, v in _context(record).items())
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {safe_message(record)}"
         line = f"{line}  [{ctx}]" if ctx else line
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + mask_credentials(self.formatException(record.exc_info))
         return line
 
 
