@@ -58,6 +58,19 @@ class Server:
     max_body_bytes: int = 5_000_000
     request_timeout_s: float = 30.0
     max_concurrency: int = 512
+    # -- partner security (issue 6); see SECURITY.md --
+    # `request_timeout_s` bounds reading one request body (408 after it). `idle_timeout_s`
+    # is how long a connection may take to deliver a complete request head after connecting
+    # or after its previous response: it closes idle keep-alives and slowloris headers.
+    # `max_header_bytes` caps the request line (URL) and each header line (400/431 above it).
+    # TLS is on when `tls_cert`/`tls_key` are set; `client_ca` makes the server ask for client
+    # certificates signed by that CA, "optional" (token partners need none) or "required".
+    idle_timeout_s: float = 60.0
+    max_header_bytes: int = 8190
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    client_cert: str = "optional"
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,16 @@ class Partner:
     receivers: tuple[str, ...] = ("*",)
     rate_per_s: float = 50.0
     burst: int = 100
+    # -- partner security (issue 6) --
+    # `auth`: "token" (bearer token), "mtls" (client certificate only) or "both". A client
+    # certificate maps to this partner by its sha256 fingerprint (lowercase hex, no colons)
+    # or its subject (RFC 4514, as `openssl x509 -noout -subject -nameopt RFC2253` prints it).
+    # `signing_cert`: PEM certificates; when set, every message must carry an enveloped
+    # XML-DSig that verifies with one of them (several allow rotation).
+    auth: str = "token"
+    cert_fingerprint_sha256: tuple[str, ...] = ()
+    cert_subject: tuple[str, ...] = ()
+    signing_cert: tuple[Path, ...] = ()
 
     def may_send(self, message_type: str) -> bool:
         return "*" in self.message_types or message_type in self.message_types
@@ -143,6 +166,9 @@ class Admin:
     token_sha256: str | None = None
     host: str | None = None
     port: int | None = None
+    # Every accepted admin hash (rotation: old and new at once); `token_sha256` is the first.
+    # Check credentials with `gateway.auth.check_admin`, which accepts all of them.
+    token_hashes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,6 +365,114 @@ def _unique(file: str, name: str, ids: list[str]) -> None:
         seen.add(v)
 
 
+# -- partner security (issue 6): secrets from env vars or files, TLS files, mTLS identities --
+
+AUTH_MODES = ("token", "mtls", "both")
+_HASH_HELP = "must be 64 lowercase hex chars: the sha256 of the token, never the token itself"
+
+
+def _checked_hashes(r: _Reader, name: str, values: list[str]) -> list[str]:
+    # The offending value is not printed: an operator may have pasted a token instead of its hash.
+    for v in values:
+        if not _SHA256_RE.match(v):
+            raise ConfigError(r.file, r.key(name), _HASH_HELP)
+    return values
+
+
+def _token_hashes(r: _Reader, env: Mapping[str, str], base: Path) -> tuple[str, ...]:
+    """`token_sha256` (string or list), plus `token_sha256_env` (a variable holding hashes
+    separated by commas or spaces) and `token_sha256_file` (one hash per line; `#` comments;
+    `sha256sum` output works as is). Secrets can so live outside the TOML, and several
+    hashes at once let a token be rotated without downtime.
+    """
+    hashes = list(_hashes(r, "token_sha256"))
+    var = r.opt("token_sha256_env", str)
+    if var is not None:
+        if var not in env:
+            raise ConfigError(r.file, r.key("token_sha256_env"), f"environment variable {var} is not set")
+        hashes += _checked_hashes(r, "token_sha256_env", env[var].replace(",", " ").split())
+    name = r.opt("token_sha256_file", str)
+    if name is not None:
+        file = (base / name).resolve()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(r.file, r.key("token_sha256_file"), f"cannot read {file}: {exc}") from exc
+        lines = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        hashes += _checked_hashes(r, "token_sha256_file", lines)
+    return tuple(dict.fromkeys(hashes))
+
+
+def _file(r: _Reader, name: str, base: Path) -> Path | None:
+    value = r.opt(name, str)
+    if value is None:
+        return None
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ConfigError(r.file, r.key(name), f"file {path} does not exist")
+    return path
+
+
+def _files(r: _Reader, name: str, base: Path) -> tuple[Path, ...]:
+    paths = tuple((base / v).resolve() for v in r.strings(name, ()))
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(r.file, r.key(name), f"file {path} does not exist")
+    return paths
+
+
+def _fingerprints(r: _Reader, name: str) -> tuple[str, ...]:
+    out = []
+    for v in r.strings(name, ()):
+        fp = v.replace(":", "").lower()  # accept openssl's AA:BB:... form too
+        if not _SHA256_RE.match(fp):
+            raise ConfigError(r.file, r.key(name), f"{v!r} is not a sha256 fingerprint (64 hex chars)")
+        out.append(fp)
+    return tuple(out)
+
+
+def _one_of(r: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = r.get(name, str, default)
+    if value not in choices:
+        raise ConfigError(r.file, r.key(name), f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _check_security(file: str, server: Server, partners: list[Partner], admin: Admin) -> None:
+    """Cross-checks that no single table can make: each would otherwise fail open or be ambiguous."""
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError(file, "server.tls_cert", "tls_cert and tls_key must be set together")
+    if server.client_ca is not None and server.tls_cert is None:
+        raise ConfigError(file, "server.client_ca", "client certificates need TLS: set tls_cert and tls_key")
+    owner: dict[str, str] = {}
+    for i, p in enumerate(partners):
+        where = f"partners[{i}]"
+        if p.auth != "mtls" and not p.token_sha256:
+            raise ConfigError(file, f"{where}.token_sha256", f"auth = {p.auth!r} needs at least one token hash")
+        if p.auth == "mtls" and p.token_sha256:
+            raise ConfigError(file, f"{where}.token_sha256", 'auth = "mtls" takes no token; use auth = "both"')
+        if p.auth != "token":
+            if server.client_ca is None:
+                raise ConfigError(file, f"{where}.auth", f"auth = {p.auth!r} needs [server] client_ca")
+            if not (p.cert_fingerprint_sha256 or p.cert_subject):
+                raise ConfigError(
+                    file, f"{where}.auth", f"auth = {p.auth!r} needs cert_fingerprint_sha256 or cert_subject"
+                )
+        # One token, fingerprint or subject naming two partners would let one act as the other.
+        for kind, values in (
+            ("token_sha256", p.token_sha256),
+            ("cert_fingerprint_sha256", p.cert_fingerprint_sha256),
+            ("cert_subject", p.cert_subject),
+        ):
+            for v in values:
+                other = owner.setdefault(f"{kind}:{v}", p.id)
+                if other != p.id:
+                    raise ConfigError(file, f"{where}.{kind}", f"also configured for partner {other!r}")
+    for h in admin.token_hashes:
+        if f"token_sha256:{h}" in owner:
+            raise ConfigError(file, "admin.token_sha256", "the admin token must not also be a partner token")
+
+
 def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate `path`. `env` defaults to os.environ (only overrides are read)."""
     env = os.environ if env is None else env
@@ -361,6 +495,12 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         max_body_bytes=s.positive("max_body_bytes", int, Server.max_body_bytes),
         request_timeout_s=s.positive("request_timeout_s", float, Server.request_timeout_s),
         max_concurrency=s.positive("max_concurrency", int, Server.max_concurrency),
+        idle_timeout_s=s.positive("idle_timeout_s", float, Server.idle_timeout_s),
+        max_header_bytes=s.positive("max_header_bytes", int, Server.max_header_bytes),
+        tls_cert=_file(s, "tls_cert", base),
+        tls_key=_file(s, "tls_key", base),
+        client_ca=_file(s, "client_ca", base),
+        client_cert=_one_of(s, "client_cert", ("optional", "required"), Server.client_cert),
     )
     s.done()
 
@@ -388,14 +528,16 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     for p in _tables(doc, file, "partners"):
         partner = Partner(
             id=_ident(p, "id"),
-            token_sha256=_hashes(p, "token_sha256"),
+            token_sha256=_token_hashes(p, env, base),
             message_types=p.strings("message_types", ("*",)),
             receivers=p.strings("receivers", ("*",)),
             rate_per_s=p.positive("rate_per_s", float, Partner.rate_per_s),
             burst=p.positive("burst", int, Partner.burst),
+            auth=_one_of(p, "auth", AUTH_MODES, Partner.auth),
+            cert_fingerprint_sha256=_fingerprints(p, "cert_fingerprint_sha256"),
+            cert_subject=p.strings("cert_subject", ()),
+            signing_cert=_files(p, "signing_cert", base),
         )
-        if not partner.token_sha256:
-            raise ConfigError(file, p.key("token_sha256"), "at least one token hash is required")
         p.done()
         partners.append(partner)
     _unique(file, "partners", [p.id for p in partners])
@@ -454,11 +596,19 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
 
     a = _Reader(file, "admin", doc.get("admin", {}))
     root.used.add("admin")
-    admin_hash = env.get("SWGW_ADMIN_TOKEN_SHA256") or a.opt("token_sha256", str)
-    if admin_hash is not None and not _SHA256_RE.match(admin_hash):
-        raise ConfigError(file, "admin.token_sha256", "must be 64 lowercase hex chars (sha256 of the token)")
-    admin = Admin(token_sha256=admin_hash, host=a.opt("host", str), port=a.opt("port", int))
+    admin_hashes = _token_hashes(a, env, base)  # read always, so its keys count as used
+    if env.get("SWGW_ADMIN_TOKEN_SHA256"):  # overrides the file's admin hashes
+        admin_hashes = tuple(
+            _checked_hashes(a, "token_sha256", env["SWGW_ADMIN_TOKEN_SHA256"].replace(",", " ").split())
+        )
+    admin = Admin(
+        token_sha256=admin_hashes[0] if admin_hashes else None,
+        host=a.opt("host", str),
+        port=a.opt("port", int),
+        token_hashes=admin_hashes,
+    )
     a.done()
+    _check_security(file, server, partners, admin)
 
     lg = _Reader(file, "logging", doc.get("logging", {}))
     root.used.add("logging")

@@ -7,11 +7,13 @@ GatewayError
 │   ├── MalformedXML          400    not well-formed, DOCTYPE/entities, not an envelope
 │   ├── Unauthenticated       401    missing / unknown bearer token
 │   ├── Forbidden             403    From is not the partner, type or receiver not allowed
+│   ├── RequestTimeout        408    body not received within server.request_timeout_s (slowloris)
 │   ├── PayloadTooLarge       413
 │   ├── UnsupportedMediaType  415
 │   ├── InvalidMessage        422    schema / rule problems (carries the problems list)
 │   ├── RateLimited           429    carries Retry-After
-│   └── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
+│   ├── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
+│   └── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
     └── PermanentDeliveryError       park now (other 4xx)
@@ -112,6 +114,12 @@ class Forbidden(IngressError):
     reason = "forbidden"
 
 
+class RequestTimeout(IngressError):
+    status = 408
+    title = "Request timeout"
+    reason = "request_timeout"
+
+
 class PayloadTooLarge(IngressError):
     status = 413
     title = "Payload too large"
@@ -140,6 +148,14 @@ class BrokerUnavailable(IngressError):
     status = 503
     title = "Broker unavailable"
     reason = "broker_unavailable"
+
+
+class Overloaded(IngressError):
+    """Too many requests in flight on this replica; shed before reading the body."""
+
+    status = 503
+    title = "Overloaded"
+    reason = "overloaded"
 
 
 class DeliveryError(GatewayError):

@@ -1,8 +1,11 @@
 """POST /v1/messages: the partner-facing door.
 
-Order matters and is cheapest-first: content type (415), token (401), declared size (413),
-read the body with a hard cap (413 while streaming), parse + envelope (400/422), sender and
-authorisation (403), payload schema + rules (422), route (422), then a confirmed publish.
+Order matters and is cheapest-first: a concurrency slot (503), content type (415), token
+and/or client certificate (401), the partner's rate limit (429), declared size (413), read
+the body with a hard cap and a deadline (413 / 408 while streaming), parse + envelope
+(400/422), sender and authorisation (403), message signature (403), payload schema + rules
+(422), route (422), then a confirmed publish. Nothing of the body is read before the
+partner is known and within its rate.
 The 202 receipt is written only after the broker's confirm; any publish failure becomes a
 503 with Retry-After (see broker.py), so a partner never holds a receipt for a message the
 broker does not have.
@@ -10,6 +13,7 @@ broker does not have.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,11 +29,15 @@ from gateway.errors import (
     IngressError,
     InvalidMessage,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from gateway.messages import QueuedMessage, iso, now_utc
 from gateway.metrics import UNKNOWN, Metrics
+from gateway.ratelimit import ConcurrencyGate, PartnerRateLimiter
 from gateway.routing import Router
+from gateway.signature import SignatureVerifier
+from gateway.tls import peer_certificate
 from gateway.validation import Envelope, Validator
 
 log = logging.getLogger("swgw.ingress")
@@ -47,12 +55,22 @@ class Ingress:
     auth: Authenticator
     # Duplicate elimination (gateway/dedup.py); create_app passes the configured one.
     dedup: Deduplicator = field(default_factory=lambda: Deduplicator(None))
+    # --- partner security (issue 6): built from settings; tests may swap in fake-clock ones ---
+    limiter: PartnerRateLimiter = field(init=False)
+    gate: ConcurrencyGate = field(init=False)
+    signatures: SignatureVerifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = PartnerRateLimiter(self.settings.partners)
+        self.gate = ConcurrencyGate(self.settings.server.max_concurrency)
+        self.signatures = SignatureVerifier(self.settings.partners, config_file=str(self.settings.path))
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         labels = [UNKNOWN, UNKNOWN]  # partner, message type: known only as we go
         try:
-            response = await self._accept(request, labels)
+            with self.gate.slot():  # 503 before anything is read when max_concurrency are in flight
+                response = await self._accept(request, labels)
         except IngressError as exc:
             self.metrics.ingest_rejections.labels(labels[0], labels[1], str(exc.status), exc.reason).inc()
             self.metrics.ingest_messages.labels(labels[0], labels[1], "rejected").inc()
@@ -81,14 +99,16 @@ class Ingress:
                 f"Content-Type {request.content_type or '(none)'!r} is not accepted; "
                 "send application/xml (or text/xml)."
             )
-        partner = self.auth.partner_for(request.headers.get("Authorization"))
+        partner = self.auth.partner_for(request.headers.get("Authorization"), peer_certificate(request))
         labels[0] = partner.id
+        self.limiter.check(partner)  # 429 before the body is read
         body = await self._read_body(request)
         self.metrics.ingest_bytes.labels(partner.id).inc(len(body))
         env = self.validator.read_envelope(body)
         if env.message_type in self.validator.types:
             labels[1] = env.message_type
         self._authorise(partner, env)
+        self.signatures.verify(partner, env.payload.getroottree().getroot())  # 403 before schema work
         self.validator.check_payload(env)
         destination = self.router.destination_for(env.receiver, env.message_type)
         if destination is None:
@@ -155,11 +175,18 @@ class Ingress:
             )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"The body exceeds the limit of {limit} bytes; sending was stopped.")
-            chunks.append(chunk)
+        timeout_s = self.settings.server.request_timeout_s
+        try:  # a body trickled in slowly (slowloris) must not hold a slot for ever
+            async with asyncio.timeout(timeout_s):
+                async for chunk in request.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"The body exceeds the limit of {limit} bytes; sending was stopped.")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The body was not received within {timeout_s:g} s ({size} bytes arrived); send it in one go.",
+            ) from None
         return b"".join(chunks)
 
     @staticmethod

@@ -1,0 +1,111 @@
+"""Flood control at the partner door: a token bucket per partner and a global concurrency bound.
+
+Both answer at once instead of queueing the request: waiting would hold the connection,
+the request and soon its body in memory, which is the growth they exist to prevent.
+
+- `PartnerRateLimiter` is checked right after authentication and before the body is read,
+  so one partner sending too fast gets 429 + Retry-After and cannot use up the capacity the
+  others share. Each partner has its own bucket (`rate_per_s`, `burst` from its
+  `[[partners]]` table), so the others never notice.
+- `ConcurrencyGate` is taken first thing in the ingress handler: with
+  `[server] max_concurrency` requests already in flight, the next one gets 503 +
+  Retry-After before anything of it is read. It bounds memory (at most that many bodies of
+  at most `max_body_bytes`) and the number of requests waiting on broker confirms.
+
+Limits are per replica: N replicas admit N times the configured rate. Neither does I/O;
+the limiter's clock is injected so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from gateway.config import Partner
+from gateway.errors import Overloaded, RateLimited
+
+Clock = Callable[[], float]
+
+
+class _Bucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.last = float(burst), now
+
+    def take(self, now: float) -> float:
+        """Take one token; return 0.0 on success, else the seconds until one is earned."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class PartnerRateLimiter:
+    """One token bucket per partner: `burst` requests at once, refilled at `rate_per_s`.
+
+    Parameters:
+        partners: the configured partners; each gets a full bucket at start.
+        clock: monotonic seconds; `time.monotonic` by default, a fake in tests.
+
+    A refused request costs no token, so a partner that keeps retrying too early is not
+    locked out for longer than its own rate implies.
+    """
+
+    def __init__(self, partners: Iterable[Partner], *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        now = clock()
+        self._buckets = {p.id: _Bucket(p.rate_per_s, p.burst, now) for p in partners}
+
+    def check(self, partner: Partner) -> None:
+        """Admit one request from `partner` or raise RateLimited (429) with Retry-After (whole seconds, >= 1)."""
+        bucket = self._buckets.get(partner.id)
+        if bucket is None:  # a partner not known at start (tests building partners by hand)
+            bucket = self._buckets[partner.id] = _Bucket(partner.rate_per_s, partner.burst, self._clock())
+        wait_s = bucket.take(self._clock())
+        if wait_s > 0.0:
+            raise RateLimited(
+                f"Partner {partner.id!r} is limited to {partner.rate_per_s:g} messages/s "
+                f"(bursts of {partner.burst}); retry after the Retry-After delay.",
+                retry_after_s=max(1, math.ceil(wait_s)),
+            )
+
+
+class ConcurrencyGate:
+    """At most `limit` requests inside at once; the next one is refused, not queued.
+
+    Parameters:
+        limit: requests allowed in flight (>= 1), `[server] max_concurrency`.
+        retry_after_s: the Retry-After given to refused requests; default 1 second, since
+            a slot frees as soon as any request in flight finishes.
+    """
+
+    def __init__(self, limit: int, *, retry_after_s: int = 1) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the duration of the block, or raise Overloaded (503)."""
+        if self._in_flight >= self.limit:
+            raise Overloaded(
+                f"The gateway is handling its maximum of {self.limit} requests; retry after the Retry-After delay.",
+                retry_after_s=self.retry_after_s,
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
