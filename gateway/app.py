@@ -39,7 +39,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners), dedup
     )
 
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.server.max_body_bytes)
+    app = web.Application(
+        middlewares=[problem_middleware],
+        client_max_size=settings.server.max_body_bytes,
+        # Partner security (issue 6): bounded request line and header lines (400/431 above),
+        # and a deadline to deliver a complete request head after connecting or after the
+        # previous response, which also closes slowloris connections that trickle headers.
+        handler_args={
+            "max_line_size": settings.server.max_header_bytes,
+            "max_field_size": settings.server.max_header_bytes,
+            "keepalive_timeout": settings.server.idle_timeout_s,
+        },
+    )
     app[METRICS] = metrics
     app[BROKER] = broker
     app[VALIDATOR] = validator

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import logs
+from gateway import logs, tls
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError, IngressError
 
@@ -41,15 +41,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=settings.server.request_timeout_s,
+        ssl_context=tls.server_context(settings.server, config_file=str(settings.path)),  # None: plain HTTP
     )
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.signature import SignatureVerifier
     from gateway.validation import Validator
 
     settings = _load(args)
     Validator.from_settings(settings)  # compiles every schema: a broken XSD fails here
+    # Partner security (issue 6): TLS files and signing certificates load here too.
+    tls.server_context(settings.server, config_file=str(settings.path))
+    SignatureVerifier(settings.partners, config_file=str(settings.path))
     print(
         f"{settings.path}: ok ({len(settings.partners)} partners, {len(settings.message_types)} message types, "
         f"{len(settings.destinations)} destinations, {len(settings.routes)} routes)"
