@@ -1,43 +1,57 @@
 """create_app(settings): the only place that builds and wires objects.
 
 Nothing is bound at import time. One lifecycle mechanism (aiohttp cleanup_ctx) starts the
-broker connection and stops it on shutdown.
+broker connection, the queue-depth poller and (role "all" or "delivery") the delivery
+workers, and stops them in reverse order on shutdown: delivery first, so in-flight
+deliveries finish (or are left unacked) while the broker connection is still there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import health, rules
+from gateway.admin import AdminApi
 from gateway.auth import Authenticator
 from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.dedup import Deduplicator
+from gateway.delivery import Delivery
 from gateway.ingress import Ingress
 from gateway.metrics import Metrics, metrics_handler
 from gateway.problems import problem_middleware
 from gateway.routing import Router
 from gateway.validation import Validator
 
+Role = Literal["all", "ingress", "delivery"]
+ROLES: tuple[Role, ...] = ("all", "ingress", "delivery")
+
 BROKER = web.AppKey("broker", Broker)
 METRICS = web.AppKey("metrics", Metrics)
 VALIDATOR = web.AppKey("validator", Validator)
 INGRESS = web.AppKey("ingress", Ingress)
+DELIVERY = web.AppKey("delivery", Delivery)
+ADMIN_APP = web.AppKey("admin_app", web.Application)
+DEPTH_POLL_S = 2.0
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    role: Role = "all",
+    delivery_stop_timeout_s: float = 10.0,
+) -> web.Application:
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     validator = Validator.from_settings(settings, rules=rules.check)
     broker = Broker(settings, metrics)
-    # --- dedup: the store of seen MessageIds, opened and closed with the app ---
-    dedup = Deduplicator.from_settings(settings.dedup, retry_after_s=settings.broker.retry_after_s)
-    # --- end dedup ---
-    ingress = Ingress(
-        settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners), dedup
-    )
+    delivery = Delivery(settings.destinations, broker, metrics) if role in ("all", "delivery") else None
 
     app = web.Application(
         middlewares=[problem_middleware],
@@ -54,36 +68,63 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[METRICS] = metrics
     app[BROKER] = broker
     app[VALIDATOR] = validator
-    app[INGRESS] = ingress
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        if delivery is not None:
+            broker.on_connect(delivery.start)
         await broker.start()
+        after = (lambda: delivery.update_age_gauges(metrics)) if delivery is not None else None
+        poller = asyncio.create_task(broker.poll_depths(DEPTH_POLL_S, after), name="depth-poller")
         yield
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        if delivery is not None:
+            await delivery.stop(delivery_stop_timeout_s)
         await broker.close()
 
     app.cleanup_ctx.append(lifespan)
 
-    # --- dedup ---
-    async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
-        await dedup.start()
-        yield
-        await dedup.close()
+    if role in ("all", "ingress"):
+        # --- dedup: the store of seen MessageIds, opened and closed with the app ---
+        dedup = Deduplicator.from_settings(settings.dedup, retry_after_s=settings.broker.retry_after_s)
 
-    app.cleanup_ctx.append(dedup_lifespan)
-    # --- end dedup ---
+        async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
+            await dedup.start()
+            yield
+            await dedup.close()
 
-    async def post_message(request: web.Request) -> web.Response:
-        return await ingress.handle(request)
+        app.cleanup_ctx.append(dedup_lifespan)
+        # --- end dedup ---
+        ingress = Ingress(
+            settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners), dedup
+        )
+        app[INGRESS] = ingress
+
+        async def post_message(request: web.Request) -> web.Response:
+            return await ingress.handle(request)
+
+        app.router.add_post("/v1/messages", post_message)
+    if delivery is not None:
+        app[DELIVERY] = delivery
 
     async def readyz(_: web.Request) -> web.Response:
-        detail = health.readiness(broker, validator, None)
+        detail = health.readiness(broker, validator, delivery.states if delivery is not None else None)
         return web.json_response(detail, status=200 if detail["ready"] else 503)
 
     async def metrics_view(request: web.Request) -> web.Response:
         return await metrics_handler(request, metrics)
 
-    app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+
+    admin_routes = AdminApi(settings.admin, broker, delivery, metrics).routes()
+    if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
+        admin_app = web.Application(middlewares=[problem_middleware])
+        admin_app.add_routes(admin_routes)
+        admin_app.router.add_get("/metrics", metrics_view)
+        app[ADMIN_APP] = admin_app
+    else:
+        app.add_routes(admin_routes)
     return app

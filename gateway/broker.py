@@ -107,6 +107,8 @@ class Broker:
         self.connected = asyncio.Event()
         self.topology_error: str | None = None
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._closing = False
+        self.depths: dict[str, tuple[int, int]] = {}  # last poll: destination -> (backlog, parked)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,6 +116,7 @@ class Broker:
         self._task = asyncio.create_task(self._connect_loop(), name="broker-connect")
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,7 +208,8 @@ class Broker:
     def _on_close(self, *_: object) -> None:
         self.metrics.broker_connected.set(0)
         self.connected.clear()
-        log.warning("broker connection lost", extra={"event": "broker_disconnected"})
+        if not self._closing:
+            log.warning("broker connection lost", extra={"event": "broker_disconnected"})
 
     async def _on_reconnect(self, *_: object) -> None:
         self.metrics.broker_reconnects.inc()
@@ -290,6 +294,21 @@ class Broker:
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         await channel.set_qos(prefetch_count=prefetch)
         return channel
+
+    async def poll_depths(self, interval_s: float, after: Callable[[], None] | None = None) -> None:
+        """Keep backlog/parked gauges fresh: one passive declare per queue per interval."""
+        while True:
+            if self.ready:
+                try:
+                    self.depths = await self.queue_depths()
+                except Exception as exc:  # a failed poll only leaves the gauges one interval older
+                    log.debug("queue depth poll failed: %s", exc)
+                for dest, (backlog, parked) in self.depths.items():
+                    self.metrics.backlog.labels(dest).set(backlog)
+                    self.metrics.parked.labels(dest).set(parked)
+                if after is not None:
+                    after()
+            await asyncio.sleep(interval_s)
 
     async def queue_depths(self) -> dict[str, tuple[int, int]]:
         """{destination: (ready in queue, parked)} via passive declares: O(destinations), not O(backlog)."""

@@ -7,15 +7,22 @@ Exit codes: 0 ok, 1 the checked thing failed (invalid message, bad config), 2 us
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import logs, tls
 from gateway.config import Settings, load_settings
-from gateway.errors import ConfigError, IngressError
+from gateway.errors import ConfigError, GatewayError, IngressError
+
+if TYPE_CHECKING:
+    from gateway.broker import Broker
+    from gateway.replay import ReplayFilter
 
 
 def _config_default() -> str:
@@ -29,11 +36,24 @@ def _load(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import ADMIN_APP, create_app
 
     settings = _load(args)
     logs.setup(settings.logging)
-    app = create_app(settings)
+    app = create_app(settings, role=args.role)
+    if ADMIN_APP in app:  # admin API on its own address, started and stopped with the main app
+        admin_app = app[ADMIN_APP]
+
+        async def admin_listener(_: web.Application) -> AsyncIterator[None]:
+            runner = web.AppRunner(admin_app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, settings.admin.host or settings.server.host, settings.admin.port).start()
+            yield
+            await runner.cleanup()
+
+        app.cleanup_ctx.append(admin_listener)
+    # SIGTERM/SIGINT: stop accepting, give in-flight requests request_timeout_s, then the
+    # cleanup contexts stop delivery (bounded) and close the broker connection.
     web.run_app(
         app,
         host=settings.server.host,
@@ -44,6 +64,96 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_context=tls.server_context(settings.server, config_file=str(settings.path)),  # None: plain HTTP
     )
     return 0
+
+
+async def _with_broker(settings: Settings, work: Callable[[Broker], Awaitable[int]]) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.broker import Broker
+    from gateway.metrics import Metrics
+
+    broker = Broker(settings, Metrics(CollectorRegistry()))
+    await broker.start()
+    try:
+        await asyncio.wait_for(broker.connected.wait(), timeout=settings.broker.connect_timeout_s * 3)
+    except TimeoutError:
+        await broker.close()
+        print("broker not reachable; is RabbitMQ running? (see README)", file=sys.stderr)
+        return 1
+    try:
+        return await work(broker)
+    finally:
+        await broker.close()
+
+
+def _replay_filter(args: argparse.Namespace) -> ReplayFilter:
+    from gateway.replay import ReplayFilter, parse_time
+
+    return ReplayFilter(
+        since=parse_time(args.since),
+        until=parse_time(args.until),
+        message_type=args.type,
+        sender=args.sender,
+        message_id=args.message_id,
+        limit=args.limit,
+    )
+
+
+def cmd_parked_list(args: argparse.Namespace) -> int:
+    from gateway import replay
+
+    settings = _load(args)
+
+    async def work(broker: Broker) -> int:
+        rows = await replay.browse(broker, args.destination, _replay_filter(args))
+        if args.json:
+            for r in rows:
+                print(json.dumps(asdict(r)))
+        else:
+            print(f"{'MESSAGE ID':<34} {'TYPE':<9} {'FROM':<16} {'REASON':<14} {'STATUS':<6} PARKED AT")
+            for r in rows:
+                print(
+                    f"{r.message_id:<34} {r.message_type:<9} {r.sender:<16} {r.reason:<14} "
+                    f"{r.status if r.status is not None else '-':<6} {r.parked_at}"
+                )
+            print(f"{len(rows)} parked message(s) shown for {args.destination}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_broker(settings, work))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway import replay
+
+    settings = _load(args)
+
+    async def work(broker: Broker) -> int:
+        report = await replay.replay(
+            broker,
+            args.destination,
+            _replay_filter(args),
+            rate_per_s=args.rate,
+            dry_run=args.dry_run,
+            metrics=broker.metrics,
+        )
+        verb = "would replay" if report.dry_run else "replayed"
+        for r in report.selected[:50]:
+            print(f"{verb}: {r.message_id} {r.message_type} from {r.sender} (parked {r.parked_at}: {r.reason})")
+        if len(report.selected) > 50:
+            print(f"... and {len(report.selected) - 50} more")
+        print(
+            f"{args.destination}: {verb} {report.replayed if not report.dry_run else len(report.selected)}, "
+            f"left parked {report.skipped}, failed {report.failed}"
+        )
+        return 1 if report.failed else 0
+
+    return asyncio.run(_with_broker(settings, work))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway import simulator
+
+    return simulator.run(args)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -142,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", parents=[common], help="run the gateway")
+    p.add_argument(
+        "--role",
+        choices=("all", "ingress", "delivery"),
+        default="all",
+        help="all (default): intake and delivery; ingress: intake only; delivery: workers only",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", parents=[common], help="validate the config and compile every schema")
@@ -155,6 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help="XML files or folders (searched recursively for *.xml)")
     p.add_argument("--json", action="store_true", help="one JSON result per line")
     p.set_defaults(func=cmd_validate)
+
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--destination", required=True, help="destination id")
+    filters.add_argument("--since", help="parked at or after (ISO 8601 with offset)")
+    filters.add_argument("--until", help="parked at or before (ISO 8601 with offset)")
+    filters.add_argument("--type", help="message type")
+    filters.add_argument("--from", dest="sender", help="sending partner id")
+    filters.add_argument("--message-id", help="one message id")
+    filters.add_argument("--limit", type=int, help="at most this many")
+
+    parked = sub.add_parser("parked", help="parked messages").add_subparsers(dest="parked_cmd", required=True)
+    p = parked.add_parser("list", parents=[common, filters], help="list parked messages without consuming them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_parked_list)
+
+    p = sub.add_parser(
+        "replay",
+        parents=[common, filters],
+        help="move parked messages back to their destination queue (try --dry-run first)",
+    )
+    p.add_argument("--rate", type=float, help="messages per second (default: as fast as confirms allow)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
+    p.set_defaults(func=cmd_replay)
+
+    from gateway import simulator
+
+    p = sub.add_parser("simulate", help="run the backend simulator (drills, demo, tests)")
+    simulator.add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 
@@ -165,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 1
+    except (GatewayError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

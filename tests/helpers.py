@@ -96,7 +96,7 @@ def config_doc(
         "partners": list(
             partners
             or [
-                {"id": "VN-NSW", "token_sha256": [sha(TOKEN)]},
+                {"id": "VN-NSW", "token_sha256": [sha(TOKEN)], "rate_per_s": 100000.0, "burst": 100000},
                 {"id": "TH-NSW", "token_sha256": [sha(OTHER_TOKEN)], "message_types": ["ECOO"]},
             ]
         ),
@@ -270,6 +270,7 @@ def with_message_id(body: bytes, message_id: str) -> bytes:
     start = body.index(b"<MessageId>") + len(b"<MessageId>")
     end = body.index(b"</MessageId>")
     return body[:start] + message_id.encode() + body[end:]
+
 
 # --- dedup: PostgreSQL for the shared store of seen ids (gateway/dedup.py) ---------------------
 # ops/setup-env.sh creates this role and database; trust or password auth both work with it.

@@ -29,7 +29,7 @@ VALID = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))
 async def gw(tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]):  # type: ignore[no-untyped-def]
     settings = write_settings(tmp_path, config_doc(prefix))
     cleanup.append(settings)
-    async with run_gateway(settings) as gateway:
+    async with run_gateway(settings, role="ingress") as gateway:
         yield gateway
 
 
