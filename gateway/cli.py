@@ -300,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run the backend simulator (drills, demo, tests)")
     simulator.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    from gateway import status
+
+    p = sub.add_parser("status", help="one screen per destination: state, backlog, parked, delivery rate, last success")
+    status.add_arguments(p)
+    p.set_defaults(func=status.main)
     return parser
 
 
