@@ -13,6 +13,7 @@ admin token configured the API answers 403 to everyone rather than being open.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from dataclasses import asdict
 from typing import Any
@@ -78,6 +79,9 @@ class AdminApi:
 
     async def destinations(self, request: web.Request) -> web.Response:
         self._auth(request)
+        if self.broker.ready:  # fresh depths for a person asking (O(destinations) passive declares)
+            with contextlib.suppress(Exception):
+                self.broker.depths = await self.broker.queue_depths()
         if self.delivery is not None:
             rows = list(self.delivery.states().values())
         else:  # ingress-only replica: queue depths are still known from the broker

@@ -150,6 +150,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return asyncio.run(_with_broker(settings, work))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    settings = _load(args)
+    logs.setup(settings.logging)
+    return demo.run(settings, keep_running=args.keep_running)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway import simulator
 
@@ -294,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="messages per second (default: as fast as confirms allow)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", parents=[common], help="run the gateway with simulators and narrate the whole flow")
+    p.add_argument("--keep-running", action="store_true", help="leave gateway and simulators up afterwards")
+    p.set_defaults(func=cmd_demo)
 
     from gateway import simulator
 
