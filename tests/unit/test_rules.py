@@ -321,3 +321,23 @@ def test_rejected_ack_with_error_is_fine_and_received_ack_in_future_is_not() -> 
     tz = timezone(timedelta(hours=7))
     p = only(ACK_RECEIVED, now=datetime(2026, 2, 24, 21, 0, tzinfo=tz))
     assert p.path == "/Envelope/Body/Acknowledgement/IssueDateTime"
+
+
+# --- robustness ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.glob("*/invalid/*.xml")))
+def test_rules_never_raise_even_on_schema_invalid_payloads(example: str) -> None:
+    check(payload(example), now=NOW)
+
+
+@pytest.mark.parametrize("root", sorted(RULES))
+def test_rules_never_raise_on_an_empty_or_garbled_root(root: str) -> None:
+    assert check(etree.Element(root), now=NOW) == []
+    garbled = etree.fromstring(
+        f"<r:{root.rpartition('}')[2]} xmlns:r='{root[1:].partition('}')[0]}'>"
+        "<r:GoodsItemQuantity>x</r:GoodsItemQuantity><r:IssueDateTime>2026-13-45T99:00:00</r:IssueDateTime>"
+        "<r:ExpiryDate>soon</r:ExpiryDate><r:StatusCode>Rejected</r:StatusCode><r:GoodsItem/>"
+        f"</r:{root.rpartition('}')[2]}>"
+    )
+    check(garbled, now=NOW)
