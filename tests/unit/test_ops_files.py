@@ -196,6 +196,9 @@ def test_prometheus_config_scrapes_the_gateway_and_rabbitmq_and_loads_the_rules(
     assert len(jobs["swgw"]["static_configs"][0]["targets"]) > 1  # replicas
     assert all(t.endswith(":15692") for t in jobs["rabbitmq"]["static_configs"][0]["targets"])
     assert (PROMETHEUS.parent / doc["rule_files"][0]).resolve() == RULES
+    # ...and RabbitMQ is set up to answer on the port scraped, with the plugin enabled.
+    assert "prometheus.tcp.port = 15692" in (OPS / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    assert "rabbitmq_prometheus" in (OPS / "rabbitmq" / "enabled_plugins").read_text(encoding="utf-8")
 
 
 # -- Grafana dashboard -----------------------------------------------------------------------------
