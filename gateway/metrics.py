@@ -11,7 +11,10 @@ reports the same value (use max, not sum); circuit and last-delivery gauges are 
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -181,3 +184,32 @@ async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"
     return resp
+
+
+def request_timing_middleware(metrics: Metrics) -> Middleware:
+    """Times every request into `swgw_http_request_duration_seconds{route, code}`.
+
+    Put it first (outermost) in the middleware list, so `code` is the status the client got,
+    after problem_middleware has turned errors into answers. `route` is the matched route's
+    pattern (`/admin/destinations/{id}/pause`), never the raw path, so a scanner probing random
+    URLs cannot grow the label set: anything unmatched is "(unmatched)".
+    """
+
+    @web.middleware
+    async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        code = 500  # an exception escaped every other layer
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        finally:
+            info = request.match_info
+            resource = info.route.resource if info.http_exception is None else None
+            route = resource.canonical if resource is not None else "(unmatched)"
+            metrics.request_duration.labels(route, str(code)).observe(time.perf_counter() - started)
+
+    return timing
