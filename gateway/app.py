@@ -24,7 +24,7 @@ from gateway.config import Settings
 from gateway.dedup import Deduplicator
 from gateway.delivery import Delivery
 from gateway.ingress import Ingress
-from gateway.metrics import Metrics, metrics_handler
+from gateway.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.problems import problem_middleware
 from gateway.routing import Router
 from gateway.validation import Validator
@@ -54,7 +54,7 @@ def create_app(
     delivery = Delivery(settings.destinations, broker, metrics) if role in ("all", "delivery") else None
 
     app = web.Application(
-        middlewares=[problem_middleware],
+        middlewares=[request_timing_middleware(metrics), problem_middleware],
         client_max_size=settings.server.max_body_bytes,
         # Partner security (issue 6): bounded request line and header lines (400/431 above),
         # and a deadline to deliver a complete request head after connecting or after the
@@ -121,7 +121,7 @@ def create_app(
 
     admin_routes = AdminApi(settings.admin, broker, delivery, metrics).routes()
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
-        admin_app = web.Application(middlewares=[problem_middleware])
+        admin_app = web.Application(middlewares=[request_timing_middleware(metrics), problem_middleware])
         admin_app.add_routes(admin_routes)
         admin_app.router.add_get("/metrics", metrics_view)
         app[ADMIN_APP] = admin_app

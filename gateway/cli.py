@@ -150,6 +150,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return asyncio.run(_with_broker(settings, work))
 
 
+def cmd_schema_docs(args: argparse.Namespace) -> int:
+    from gateway import schemadoc
+
+    return schemadoc.main(["--check"] if args.check else [])
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway import demo
 
@@ -302,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="messages per second (default: as fast as confirms allow)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("schema-docs", help="regenerate schemas/README.md from the XSDs (--check: verify only)")
+    p.add_argument("--check", action="store_true", help="exit 1 if schemas/README.md is out of date")
+    p.set_defaults(func=cmd_schema_docs)
 
     p = sub.add_parser("demo", parents=[common], help="run the gateway with simulators and narrate the whole flow")
     p.add_argument("--keep-running", action="store_true", help="leave gateway and simulators up afterwards")

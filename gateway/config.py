@@ -506,7 +506,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
 
     b = _Reader(file, "broker", doc.get("broker", {}))
     root.used.add("broker")
-    url = env.get("SWGW_BROKER_URL") or b.get("url", str, "amqp://guest:guest@127.0.0.1:5672/")
+    file_url = b.get("url", str, "amqp://guest:guest@127.0.0.1:5672/")  # read always: marks the key used
+    url = env.get("SWGW_BROKER_URL") or file_url
     if not url.startswith(("amqp://", "amqps://")):
         raise ConfigError(file, "broker.url", "must start with amqp:// or amqps://")
     prefix = b.get("prefix", str, "swgw")

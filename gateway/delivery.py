@@ -102,6 +102,12 @@ class DestinationWorker:
         self._http: aiohttp.ClientSession | None = None
         self._stopping = False
         self._consume_lock = asyncio.Lock()
+        # Create every per-destination series at zero, so the first event after a restart
+        # is visible to rate()/increase() (a series that appears at 1 counts as no change).
+        for outcome in Outcome:
+            metrics.deliveries.labels(dest.id, outcome.value)
+        for counter in (metrics.delivery_attempts, metrics.delivery_retries, metrics.circuit_opened):
+            counter.labels(dest.id)
         metrics.circuit_state.labels(dest.id).set(0)
         metrics.circuit_changed.labels(dest.id).set(self.circuit_changed_at)
         metrics.paused.labels(dest.id).set(0)

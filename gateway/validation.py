@@ -92,9 +92,9 @@ class CompiledSchema:
         schema = etree.XMLSchema(doc)
         top = doc.getroot()
         tns = top.get("targetNamespace")
-        names = [e.get("name") for e in top.iterchildren(f"{{{_XSD_NS}}}element")]
-        if root is not None:
-            names = [n for n in names if n == root]
+        # A configured root is trusted as is: it may be declared in an xs:include'd file
+        # (libxml2 rejects payloads that don't match a declaration anyway).
+        names = [root] if root is not None else [e.get("name") for e in top.iterchildren(f"{{{_XSD_NS}}}element")]
         qualify = (lambda n: f"{{{tns}}}{n}") if tns else (lambda n: n)
         return cls(name, path, schema, frozenset(qualify(n) for n in names if n))
 
@@ -206,7 +206,7 @@ class Validator:
                 problems=problems,
             )
         if self._rules is not None:
-            broken = list(self._rules(payload, now=self._clock()))[:MAX_PROBLEMS]
+            broken = [_with_column(p, env.body) for p in list(self._rules(payload, now=self._clock()))[:MAX_PROBLEMS]]
             if broken:
                 raise InvalidMessage(
                     f"The {env.message_type} payload breaks {len(broken)} business rule(s); first: {broken[0]}",
@@ -248,17 +248,29 @@ def readable_path(el: etree._Element) -> str:
     return "/" + "/".join(reversed(parts))
 
 
-def _column(body: bytes, line: int | None, el: etree._Element) -> int | None:
+def _column_of(body: bytes, line: int | None, local: str) -> int | None:
     """libxml2 reports no column for schema errors; find the element's start tag on its line."""
-    if line is None or line < 1:
+    if line is None or line < 1 or not local:
         return None
     lines = body.split(b"\n", line)
     if len(lines) < line:
         return None
     text = lines[line - 1].decode("utf-8", "replace")
-    local = etree.QName(el).localname
     m = re.search(r"<(?:[\w.-]+:)?" + re.escape(local) + r"(?=[\s/>])", text)
     return m.start() + 1 if m else None
+
+
+def _column(body: bytes, line: int | None, el: etree._Element) -> int | None:
+    return _column_of(body, line, etree.QName(el).localname)
+
+
+def _with_column(problem: Problem, body: bytes) -> Problem:
+    """Rules report line and path; add the column of the element the path ends in."""
+    if problem.column is not None:
+        return problem
+    local = problem.path.rsplit("/", 1)[-1].split("[", 1)[0]
+    column = _column_of(body, problem.line, local)
+    return Problem(problem.line, column, problem.path, problem.reason) if column else problem
 
 
 def _line(el: etree._Element) -> int | None:

@@ -32,9 +32,19 @@ BODY = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))[0].read
 
 def fast_destination(dest_id: str, sim: Simulator, **extra: Any) -> dict[str, Any]:
     return {
-        "id": dest_id, "url": sim.url, "health_url": f"http://127.0.0.1:{sim.port}/health",
-        "timeout_s": 2, "concurrency": 8, "max_attempts": 4, "backoff_min_s": 0.05, "backoff_max_s": 0.3,
-        "probe_interval_s": 0.2, "failure_threshold": 3, "slow_start_s": 1, "max_rate_per_s": 5000, **extra,
+        "id": dest_id,
+        "url": sim.url,
+        "health_url": f"http://127.0.0.1:{sim.port}/health",
+        "timeout_s": 2,
+        "concurrency": 8,
+        "max_attempts": 4,
+        "backoff_min_s": 0.05,
+        "backoff_max_s": 0.3,
+        "probe_interval_s": 0.2,
+        "failure_threshold": 3,
+        "slow_start_s": 1,
+        "max_rate_per_s": 5000,
+        **extra,
     }
 
 
@@ -54,8 +64,9 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
-             ) -> AsyncIterator[RunningGateway]:
+async def gw(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
+) -> AsyncIterator[RunningGateway]:
     doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim)])
     settings = write_settings(tmp_path, doc)
     cleanup.append(settings)
@@ -64,8 +75,9 @@ async def gw(tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]
 
 
 async def admin(gw: RunningGateway, method: str, path: str, token: str = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
-    async with gw.session.request(method, f"{gw.url}{path}", headers={"Authorization": f"Bearer {token}"},
-                                  **kw) as resp:
+    async with gw.session.request(
+        method, f"{gw.url}{path}", headers={"Authorization": f"Bearer {token}"}, **kw
+    ) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -84,7 +96,7 @@ async def post_many(gw: RunningGateway, n: int, prefix: str = "M") -> list[str]:
 
 
 async def test_delivers_original_bytes_with_dedup_headers_and_acks(gw: RunningGateway, sim: Simulator) -> None:
-    status, receipt, _ = await gw.post(with_message_id(BODY, "D-1"))
+    status, _receipt, _ = await gw.post(with_message_id(BODY, "D-1"))
     assert status == 202
     await sim.wait_for(1, timeout_s=15)
     delivery = sim.deliveries[0]
@@ -100,12 +112,15 @@ async def test_delivers_original_bytes_with_dedup_headers_and_acks(gw: RunningGa
     assert gw.metric("swgw_end_to_end_seconds_count", {"destination": "vnaccs"}) == 1
 
 
-async def test_transient_5xx_is_retried_honouring_retry_after_then_delivered(gw: RunningGateway, sim: Simulator
-                                                                              ) -> None:
+async def test_transient_5xx_is_retried_honouring_retry_after_then_delivered(
+    gw: RunningGateway, sim: Simulator
+) -> None:
     await sim.set_mode("error", status=503, retry_after="0")
     await gw.post(with_message_id(BODY, "R-1"))
-    await until(lambda: gw.metric("swgw_delivery_retries_total", {"destination": "vnaccs"}) >= 1,
-                what="a failed attempt and a scheduled retry")
+    await until(
+        lambda: gw.metric("swgw_delivery_retries_total", {"destination": "vnaccs"}) >= 1,
+        what="a failed attempt and a scheduled retry",
+    )
     await sim.set_mode("up")
     await sim.wait_for(1, timeout_s=15)
     assert sim.ids == ["R-1"]
@@ -132,15 +147,17 @@ async def test_rejected_message_is_parked_with_reason_then_replayed(gw: RunningG
     assert len(parked) == 5
     assert parked[0].body == with_message_id(BODY, "P-00000")  # body byte-identical
     q = QueuedMessage.from_amqp(parked[0])
-    assert q.parking is not None and q.parking.attempts == 1
+    assert q.parking is not None
+    assert q.parking.attempts == 1
 
     status, dry = await admin(gw, "POST", "/admin/destinations/vnaccs/replay", json={"dry_run": True})
-    assert status == 200 and dry["dry_run"] is True and len(dry["messages"]) == 5
+    assert status == 200
+    assert dry["dry_run"] is True
+    assert len(dry["messages"]) == 5
     assert sim.ids == []
 
     await sim.set_mode("up")  # the backend is fixed
-    status, report = await admin(gw, "POST", "/admin/destinations/vnaccs/replay",
-                                 json={"message_id": "P-00002"})
+    status, report = await admin(gw, "POST", "/admin/destinations/vnaccs/replay", json={"message_id": "P-00002"})
     assert (status, report["replayed"], report["skipped"]) == (200, 1, 4)
     await sim.wait_for(1, timeout_s=15)
     assert sim.ids == ["P-00002"]
@@ -152,7 +169,8 @@ async def test_rejected_message_is_parked_with_reason_then_replayed(gw: RunningG
 
 
 async def test_persistent_5xx_parks_after_max_attempts_when_circuit_stays_closed(
-        tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator) -> None:
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
+) -> None:
     doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim, failure_threshold=100, max_attempts=3)])
     settings = write_settings(tmp_path, doc)
     cleanup.append(settings)
@@ -187,15 +205,18 @@ async def test_admin_api_needs_the_admin_token_and_pauses(gw: RunningGateway, si
     assert status == 404
 
 
-async def test_one_destination_down_does_not_slow_another(tmp_path: Path, rabbit_url: str, prefix: str,
-                                                         cleanup: list[object]) -> None:
+async def test_one_destination_down_does_not_slow_another(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]
+) -> None:
     async with Simulator() as down, Simulator() as up:
         await down.set_mode("down")
         doc = config_doc(
             prefix,
             destinations=[fast_destination("dead", down), fast_destination("alive", up)],
-            routes=[{"to": "VN-VNACCS", "message_type": "CUSDEC", "destination": "dead"},
-                    {"to": "VN-OTHER", "message_type": "CUSDEC", "destination": "alive"}],
+            routes=[
+                {"to": "VN-VNACCS", "message_type": "CUSDEC", "destination": "dead"},
+                {"to": "VN-OTHER", "message_type": "CUSDEC", "destination": "alive"},
+            ],
         )
         settings = write_settings(tmp_path, doc)
         cleanup.append(settings)

@@ -27,23 +27,24 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
-             ) -> AsyncIterator[RunningGateway]:
+async def gw(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
+) -> AsyncIterator[RunningGateway]:
     settings = write_settings(tmp_path, config_doc(prefix, destinations=[fast_destination("vnaccs", sim)]))
     cleanup.append(settings)
     async with run_gateway(settings) as gateway:
         yield gateway
 
 
-async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: RunningGateway, sim: Simulator
-                                                                             ) -> None:
+async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: RunningGateway, sim: Simulator) -> None:
     await sim.set_mode("down")  # refuses TCP connections outright
     ids = await post_many(gw, 1000, "OUT")  # every one answered 202 (asserted inside)
 
     delivery = gw.app[DELIVERY]
     await until(lambda: delivery.workers["vnaccs"].state == "open", what="circuit open")
-    await until(lambda: gw.app[BROKER].depths.get("vnaccs", (0, 0))[0] == 1000, timeout_s=30,
-                what="backlog of 1000 reported")
+    await until(
+        lambda: gw.app[BROKER].depths.get("vnaccs", (0, 0))[0] == 1000, timeout_s=30, what="backlog of 1000 reported"
+    )
     status, body = await admin(gw, "GET", "/admin/destinations")
     row = body["destinations"][0]
     assert (status, row["state"], row["backlog"], row["inflight"]) == (200, "open", 1000, 0)
@@ -58,8 +59,10 @@ async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: 
     received = sim.received
     assert set(sim.ids) == set(ids), "every 202'd message id reached the backend"
     dupes = {k: v for k, v in Counter(d.message_id for d in sim.deliveries).items() if v > 1}
-    print(f"\noutage drill: 1000 posted, {received.unique} unique delivered, {received.duplicates} duplicate "
-          f"deliveries {sorted(dupes)[:10]}")
+    print(
+        f"\noutage drill: 1000 posted, {received.unique} unique delivered, {received.duplicates} duplicate "
+        f"deliveries {sorted(dupes)[:10]}"
+    )
     assert received.conflicts == 0  # duplicates (if any) carried identical bytes
     await until(lambda: delivery.workers["vnaccs"].state == "closed", what="circuit closed")
     await until(lambda: gw.app[BROKER].depths.get("vnaccs", (1, 0))[0] == 0, what="backlog drained to 0")
@@ -67,12 +70,18 @@ async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: 
 
 
 def swgw(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-async def test_rejected_type_is_parked_and_swgw_replay_delivers_after_the_fix(gw: RunningGateway,
-                                                                              sim: Simulator) -> None:
+async def test_rejected_type_is_parked_and_swgw_replay_delivers_after_the_fix(
+    gw: RunningGateway, sim: Simulator
+) -> None:
     await sim.set_mode("reject", reject_types=["CUSDEC"])
     ids = await post_many(gw, 20, "REJ")
     worker = gw.app[DELIVERY].workers["vnaccs"]
