@@ -61,11 +61,13 @@ class Server:
     # -- partner security (issue 6); see SECURITY.md --
     # `request_timeout_s` bounds reading one request body (408 after it). `idle_timeout_s`
     # is how long a connection may take to deliver a complete request head after connecting
-    # or after its previous response: it closes idle keep-alives and slowloris headers.
+    # or after its previous response: it closes idle keep-alives and slowloris headers. Keep
+    # it above the idle timeout of any load balancer in front (AWS ALB: 60 s), or the
+    # balancer may reuse a connection the gateway is closing and answer 502.
     # `max_header_bytes` caps the request line (URL) and each header line (400/431 above it).
     # TLS is on when `tls_cert`/`tls_key` are set; `client_ca` makes the server ask for client
     # certificates signed by that CA, "optional" (token partners need none) or "required".
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 75.0
     max_header_bytes: int = 8190
     tls_cert: Path | None = None
     tls_key: Path | None = None
