@@ -38,12 +38,13 @@ def drill_config(
     destination_url: str = "http://127.0.0.1:9/inbound",
     destination: Mapping[str, Any] | None = None,
     broker: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a gateway.toml for a drill gateway; the dedup store is SQLite next to it."""
     doc = config_doc(
         prefix,
         broker_url=broker_url,
-        server={"port": port},
+        server={"port": port, **(server or {})},
         broker=broker,
         destinations=[{"id": "vnaccs", "url": destination_url, **(destination or {})}],
     )
