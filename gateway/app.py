@@ -53,17 +53,18 @@ def create_app(
     broker = Broker(settings, metrics)
     delivery = Delivery(settings.destinations, broker, metrics) if role in ("all", "delivery") else None
 
+    handler_args = {
+        "max_line_size": settings.server.max_header_bytes,
+        "max_field_size": settings.server.max_header_bytes,
+        "keepalive_timeout": settings.server.idle_timeout_s,
+    }
     app = web.Application(
         middlewares=[request_timing_middleware(metrics), problem_middleware],
         client_max_size=settings.server.max_body_bytes,
         # Partner security (issue 6): bounded request line and header lines (400/431 above),
         # and a deadline to deliver a complete request head after connecting or after the
         # previous response, which also closes slowloris connections that trickle headers.
-        handler_args={
-            "max_line_size": settings.server.max_header_bytes,
-            "max_field_size": settings.server.max_header_bytes,
-            "keepalive_timeout": settings.server.idle_timeout_s,
-        },
+        handler_args=handler_args,
     )
     app[METRICS] = metrics
     app[BROKER] = broker
@@ -121,7 +122,9 @@ def create_app(
 
     admin_routes = AdminApi(settings.admin, broker, delivery, metrics).routes()
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
-        admin_app = web.Application(middlewares=[request_timing_middleware(metrics), problem_middleware])
+        admin_app = web.Application(
+            middlewares=[request_timing_middleware(metrics), problem_middleware], handler_args=handler_args
+        )
         admin_app.add_routes(admin_routes)
         admin_app.router.add_get("/metrics", metrics_view)
         app[ADMIN_APP] = admin_app

@@ -135,7 +135,9 @@ class Broker:
     def ready(self) -> bool:
         conn = self.connection
         return (
-            conn is not None
+            self.connected.is_set()  # set only after the topology is declared
+            and self._exchange is not None
+            and conn is not None
             and not conn.is_closed
             and bool(conn.connected.is_set())
             and self._channel is not None

@@ -41,13 +41,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     logs.setup(settings.logging)
     app = create_app(settings, role=args.role)
+    ssl_context = tls.server_context(settings.server, config_file=str(settings.path))
     if ADMIN_APP in app:  # admin API on its own address, started and stopped with the main app
         admin_app = app[ADMIN_APP]
 
         async def admin_listener(_: web.Application) -> AsyncIterator[None]:
             runner = web.AppRunner(admin_app, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, settings.admin.host or settings.server.host, settings.admin.port).start()
+            host = settings.admin.host or settings.server.host
+            await web.TCPSite(runner, host, settings.admin.port, ssl_context=ssl_context).start()
             yield
             await runner.cleanup()
 
@@ -61,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=settings.server.request_timeout_s,
-        ssl_context=tls.server_context(settings.server, config_file=str(settings.path)),  # None: plain HTTP
+        ssl_context=ssl_context,  # None: plain HTTP
     )
     return 0
 

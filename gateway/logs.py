@@ -115,3 +115,7 @@ def setup(cfg: Logging) -> None:
     logging.getLogger("swgw").setLevel(cfg.level)
     for noisy in ("aio_pika", "aiormq", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(cfg.level)))
+    # aiohttp logs every request its parser rejects (oversized or malformed headers) at ERROR
+    # with a traceback: under attack that floods the log. The client got its 400/431, and
+    # handler errors are logged by problems.py with an incident id instead.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
