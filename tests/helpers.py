@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import BROKER, create_app
 from gateway.broker import Names
 from gateway.config import Settings, load_settings
+from gateway.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -299,3 +301,55 @@ async def drop_pg_table(table: str, dsn: str = PG_DSN) -> None:
 
 
 # --- end dedup ---------------------------------------------------------------------------------
+
+
+# --- delivery test helpers -------------------------------------------------------
+CUSDEC_BODY = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))[0].read_bytes()
+
+
+def fast_destination(dest_id: str, sim: Simulator, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": dest_id,
+        "url": sim.url,
+        "health_url": f"http://127.0.0.1:{sim.port}/health",
+        "timeout_s": 2,
+        "concurrency": 8,
+        "max_attempts": 4,
+        "backoff_min_s": 0.05,
+        "backoff_max_s": 0.3,
+        "probe_interval_s": 0.2,
+        "failure_threshold": 3,
+        "slow_start_s": 1,
+        "max_rate_per_s": 5000,
+        **extra,
+    }
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 20, what: str = "condition") -> None:
+    """Poll a cheap in-process condition with a deadline (never a bare sleep-and-hope)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def admin(gw: RunningGateway, method: str, path: str, token: str = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
+    async with gw.session.request(
+        method, f"{gw.url}{path}", headers={"Authorization": f"Bearer {token}"}, **kw
+    ) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def post_many(gw: RunningGateway, n: int, prefix: str = "M") -> list[str]:
+    ids = [f"{prefix}-{i:05d}" for i in range(n)]
+    sem = asyncio.Semaphore(32)
+
+    async def one(mid: str) -> int:
+        async with sem:
+            status, receipt, _ = await gw.post(with_message_id(CUSDEC_BODY, mid))
+            assert status == 202, receipt
+            return status
+
+    await asyncio.gather(*(one(m) for m in ids))
+    return ids

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,85 +10,22 @@ from gateway.app import DELIVERY
 from gateway.broker import Names
 from gateway.messages import QueuedMessage
 from gateway.simulator import Simulator
+from tests.helpers import CUSDEC_BODY as BODY
 from tests.helpers import (
-    ADMIN_TOKEN,
-    SCHEMAS,
     TOKEN,
     RunningGateway,
+    admin,
     config_doc,
+    fast_destination,
     get_all,
+    post_many,
     run_gateway,
+    until,
     with_message_id,
     write_settings,
 )
 
 pytestmark = pytest.mark.integration
-BODY = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))[0].read_bytes()
-
-
-def fast_destination(dest_id: str, sim: Simulator, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": dest_id,
-        "url": sim.url,
-        "health_url": f"http://127.0.0.1:{sim.port}/health",
-        "timeout_s": 2,
-        "concurrency": 8,
-        "max_attempts": 4,
-        "backoff_min_s": 0.05,
-        "backoff_max_s": 0.3,
-        "probe_interval_s": 0.2,
-        "failure_threshold": 3,
-        "slow_start_s": 1,
-        "max_rate_per_s": 5000,
-        **extra,
-    }
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 20, what: str = "condition") -> None:
-    """Poll a cheap in-process condition with a deadline (never a bare sleep-and-hope)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator() as s:
-        yield s
-
-
-@pytest.fixture
-async def gw(
-    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
-) -> AsyncIterator[RunningGateway]:
-    doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim)])
-    settings = write_settings(tmp_path, doc)
-    cleanup.append(settings)
-    async with run_gateway(settings) as gateway:
-        yield gateway
-
-
-async def admin(gw: RunningGateway, method: str, path: str, token: str = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
-    async with gw.session.request(
-        method, f"{gw.url}{path}", headers={"Authorization": f"Bearer {token}"}, **kw
-    ) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def post_many(gw: RunningGateway, n: int, prefix: str = "M") -> list[str]:
-    ids = [f"{prefix}-{i:05d}" for i in range(n)]
-    sem = asyncio.Semaphore(32)
-
-    async def one(mid: str) -> int:
-        async with sem:
-            status, receipt, _ = await gw.post(with_message_id(BODY, mid))
-            assert status == 202, receipt
-            return status
-
-    await asyncio.gather(*(one(m) for m in ids))
-    return ids
 
 
 async def test_delivers_original_bytes_with_dedup_headers_and_acks(gw: RunningGateway, sim: Simulator) -> None:

@@ -7,33 +7,22 @@ import hashlib
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.app import BROKER, DELIVERY
 from gateway.simulator import Simulator
-from tests.helpers import RunningGateway, config_doc, run_gateway, with_message_id, write_settings
-from tests.integration.test_delivery import BODY, admin, fast_destination, post_many, until
+from tests.helpers import CUSDEC_BODY as BODY
+from tests.helpers import (
+    RunningGateway,
+    admin,
+    post_many,
+    until,
+    with_message_id,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator() as s:
-        yield s
-
-
-@pytest.fixture
-async def gw(
-    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
-) -> AsyncIterator[RunningGateway]:
-    settings = write_settings(tmp_path, config_doc(prefix, destinations=[fast_destination("vnaccs", sim)]))
-    cleanup.append(settings)
-    async with run_gateway(settings) as gateway:
-        yield gateway
 
 
 async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: RunningGateway, sim: Simulator) -> None:

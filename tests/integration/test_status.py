@@ -9,35 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from gateway import status
 from gateway.app import BROKER, DELIVERY
 from gateway.simulator import Simulator
-from tests.helpers import ADMIN_TOKEN, RunningGateway, config_doc, run_gateway, write_settings
-from tests.integration.test_delivery import fast_destination, post_many, until
+from tests.helpers import (
+    ADMIN_TOKEN,
+    RunningGateway,
+    post_many,
+    until,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator() as s:
-        yield s
-
-
-@pytest.fixture
-async def gw(
-    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
-) -> AsyncIterator[RunningGateway]:
-    settings = write_settings(tmp_path, config_doc(prefix, destinations=[fast_destination("vnaccs", sim)]))
-    cleanup.append(settings)
-    async with run_gateway(settings) as gateway:
-        yield gateway
 
 
 async def _row(gw: RunningGateway) -> status.Row:
