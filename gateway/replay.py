@@ -109,13 +109,17 @@ class ReplayReport:
     selected: list[ParkedInfo] = field(default_factory=list)
 
 
+def _check_destination(broker: Broker, destination: str) -> None:
+    if destination not in {d.id for d in broker.settings.destinations}:
+        raise KeyError(f"unknown destination {destination!r}")
+
+
 @contextlib.asynccontextmanager
 async def _parking(
     broker: Broker, destination: str, prefetch: int
 ) -> AsyncIterator[tuple[AbstractChannel, AsyncIterator[AbstractIncomingMessage], int]]:
     """Consume the parking queue; yields (channel, iterator, number of messages present at start)."""
-    if destination not in {d.id for d in broker.settings.destinations}:
-        raise KeyError(f"unknown destination {destination!r}")
+    _check_destination(broker, destination)
     channel = await broker.new_channel(prefetch=prefetch)
     try:
         queue = await channel.declare_queue(broker.names.parking(destination), passive=True)
@@ -128,16 +132,30 @@ async def _parking(
 
 
 async def browse(broker: Broker, destination: str, flt: ReplayFilter = ReplayFilter()) -> list[ParkedInfo]:
-    """List parked messages (matching `flt`, up to its limit) without consuming any."""
+    """List parked messages (matching `flt`, up to its limit) without consuming any.
+
+    Uses basic.get, which no prefetch window limits: every message stays unacked until the
+    channel closes and the broker puts them all back, in order. Bodies are dropped as soon
+    as their headers are read, so memory stays flat however many are parked.
+    """
+    _check_destination(broker, destination)
     out: list[ParkedInfo] = []
-    async with _parking(broker, destination, prefetch=500) as (_, it, count):
-        seen = 0
-        while seen < count and (flt.limit is None or len(out) < flt.limit):
-            raw = await anext(it)
-            seen += 1
+    channel = await broker.new_channel(prefetch=1)
+    try:
+        queue = await channel.declare_queue(broker.names.parking(destination), passive=True)
+        count = queue.declaration_result.message_count or 0
+        for _ in range(count):
+            if flt.limit is not None and len(out) >= flt.limit:
+                break
+            raw = await queue.get(no_ack=False, fail=False)
+            if raw is None:
+                break
             msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
             if flt.matches(msg):
                 out.append(ParkedInfo.of(msg))
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()  # returns every message read to parking, in order
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,48 @@ async def test_one_destination_down_does_not_slow_another(
             dead = gw.app[DELIVERY].workers["dead"]
             await until(lambda: dead.state == "open", what="dead circuit open")
             assert gw.app[DELIVERY].workers["alive"].state == "closed"
+
+
+async def test_browse_and_replay_handle_more_parked_messages_than_any_prefetch(
+    gw: RunningGateway, sim: Simulator
+) -> None:
+    """Browsing holds messages unacked; it must not stall at a prefetch window (was 500)."""
+    from gateway import replay
+    from gateway.app import BROKER
+    from gateway.messages import Parking
+
+    broker = gw.app[BROKER]
+    parking = Parking("rejected", 400, "no", 1, "2026-11-23T00:00:00.000Z")
+    n = 1200
+    channel = await broker.new_channel(prefetch=1)
+    try:
+        for i in range(n):
+            msg = QueuedMessage(
+                message_id=f"BIG-{i:05d}",
+                correlation_id=None,
+                message_type="CUSDEC",
+                sender="VN-NSW",
+                receiver="VN-VNACCS",
+                partner="VN-NSW",
+                destination="vnaccs",
+                received_at="2026-11-23T00:00:00.000Z",
+                body=b"<x/>",
+                parking=parking,
+            )
+            await channel.default_exchange.publish(msg.to_amqp(), routing_key=broker.names.parking("vnaccs"))
+    finally:
+        await channel.close()
+    rows = await asyncio.wait_for(replay.browse(broker, "vnaccs"), timeout=60)
+    assert [r.message_id for r in rows] == [f"BIG-{i:05d}" for i in range(n)]  # all, in order
+    dry = await asyncio.wait_for(replay.replay(broker, "vnaccs", dry_run=True), timeout=60)
+    assert len(dry.selected) == n
+    report = await asyncio.wait_for(
+        replay.replay(broker, "vnaccs", replay.ReplayFilter(message_type="CUSDEC", limit=700)), timeout=60
+    )
+    assert report.replayed == 700
+    # Messages a closed channel held come back to parking asynchronously: wait for all 500.
+    async with asyncio.timeout(20):
+        while len(left := await replay.browse(broker, "vnaccs")) < n - 700:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    assert sorted(r.message_id for r in left) == [f"BIG-{i:05d}" for i in range(700, n)]
+    await sim.wait_for(700, timeout_s=30)
