@@ -252,6 +252,10 @@ class DestinationWorker:
             self._inflight.pop(key, None)
         try:
             if outcome is Outcome.REQUEUED:
+                if self.breaker.state is not CircuitState.CLOSED:
+                    # The cancel started when the circuit opened may still be in flight; finish it
+                    # first, or the broker hands the message straight back to this consumer.
+                    await self._cancel_consumer()
                 received = _parse_iso(msg.received_at)
                 if received is not None and (self.stalled_head is None or received < self.stalled_head):
                     self.stalled_head = received

@@ -42,6 +42,9 @@ async def test_outage_of_1000_messages_is_absorbed_and_drained_without_loss(gw: 
     assert gw.metric("swgw_destination_oldest_message_age_seconds", {"destination": "vnaccs"}) > 0
     attempts_during_outage = gw.metric("swgw_delivery_attempts_total", {"destination": "vnaccs"})
     assert attempts_during_outage <= 3 * 8  # no hot retry loop: a handful of attempts, then the circuit holds
+    openings = gw.metric("swgw_circuit_opened_total", {"destination": "vnaccs"})
+    requeued = gw.metric("swgw_deliveries_total", {"destination": "vnaccs", "outcome": "requeued"})
+    assert requeued <= 8 * openings  # at most the prefetched few go back per opening: no bouncing
 
     await sim.set_mode("up")
     await sim.wait_for(1000, timeout_s=90)
