@@ -245,7 +245,7 @@ class DestinationWorker:
             # limit bounds how often a poison message can come back before it is parked.
             log.exception(
                 "delivery failed unexpectedly; returning message to the queue",
-                extra={"event": "delivery_error", "message_id": msg.message_id, "destination": self.dest.id},
+                extra=self._ctx(msg, "delivery_error"),
             )
             outcome = Outcome.REQUEUED
         finally:
@@ -266,7 +266,7 @@ class DestinationWorker:
             log.warning(
                 "could not settle message (%s); the broker will redeliver it",
                 exc,
-                extra={"event": "settle_failed", "message_id": msg.message_id, "destination": self.dest.id},
+                extra=self._ctx(msg, "settle_failed"),
             )
         self.metrics.deliveries.labels(self.dest.id, outcome.value).inc()
 
@@ -324,7 +324,19 @@ class DestinationWorker:
                 return Outcome.PARKED
             return Outcome.REQUEUED
         self._delivered(msg)
+        log.info("delivered", extra=self._ctx(msg, "delivered", attempt=attempts))
         return Outcome.DELIVERED
+
+    def _ctx(self, msg: QueuedMessage, event: str, **more: object) -> dict[str, object]:
+        """Log context every message event carries (never the body)."""
+        return {
+            "event": event,
+            "message_id": msg.message_id,
+            "partner": msg.partner,
+            "message_type": msg.message_type,
+            "destination": self.dest.id,
+            **more,
+        }
 
     def _before_retry(self, msg: QueuedMessage) -> Callable[[Any], None]:
         def hook(state: Any) -> None:
@@ -333,12 +345,7 @@ class DestinationWorker:
                 "delivery failed, retrying in %.1fs: %s",
                 state.upcoming_sleep,
                 state.outcome.exception() if state.outcome else "",
-                extra={
-                    "event": "retry",
-                    "message_id": msg.message_id,
-                    "destination": self.dest.id,
-                    "attempt": state.attempt_number,
-                },
+                extra=self._ctx(msg, "retry", attempt=state.attempt_number),
             )
 
         return hook
@@ -400,7 +407,7 @@ class DestinationWorker:
         except BrokerUnavailable:
             log.error(
                 "parking failed; message stays in its queue",
-                extra={"event": "park_failed", "message_id": msg.message_id, "destination": self.dest.id},
+                extra=self._ctx(msg, "park_failed"),
             )
             raise
         self.parked_total += 1
@@ -408,15 +415,7 @@ class DestinationWorker:
             "message parked: %s (status %s)",
             reason,
             status,
-            extra={
-                "event": "parked",
-                "message_id": msg.message_id,
-                "message_type": msg.message_type,
-                "partner": msg.partner,
-                "destination": self.dest.id,
-                "reason": reason,
-                "status": status,
-            },
+            extra=self._ctx(msg, "parked", reason=reason, status=status),
         )
 
 

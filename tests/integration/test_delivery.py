@@ -62,11 +62,24 @@ async def test_transient_5xx_is_retried_honouring_retry_after_then_delivered(
     assert gw.app[DELIVERY].workers["vnaccs"].state == "closed"
 
 
-async def test_rejected_message_is_parked_with_reason_then_replayed(gw: RunningGateway, sim: Simulator) -> None:
+async def test_rejected_message_is_parked_with_reason_then_replayed(
+    gw: RunningGateway, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
     await sim.set_mode("reject", reject_types=["CUSDEC"])
     await post_many(gw, 5, "P")
     worker = gw.app[DELIVERY].workers["vnaccs"]
     await until(lambda: worker.parked_total == 5, what="5 parked")
+    # the line ops read: which message, from whom, of what type, why
+    parked_logs = [r for r in caplog.records if getattr(r, "event", None) == "parked"]
+    assert {r.message_id for r in parked_logs} == {f"P-{i:05d}" for i in range(5)}  # type: ignore[attr-defined]
+    first = parked_logs[0].__dict__
+    assert (first["partner"], first["message_type"], first["destination"], first["reason"], first["status"]) == (
+        "VN-NSW",
+        "CUSDEC",
+        "vnaccs",
+        "rejected",
+        400,
+    )
     assert sim.ids == []
 
     status, listing = await admin(gw, "GET", "/admin/destinations/vnaccs/parked")
