@@ -88,7 +88,11 @@ def create_app(
 
     if role in ("all", "ingress"):
         # --- dedup: the store of seen MessageIds, opened and closed with the app ---
-        dedup = Deduplicator.from_settings(settings.dedup, retry_after_s=settings.broker.retry_after_s)
+        dedup = Deduplicator.from_settings(
+            settings.dedup,
+            retry_after_s=settings.broker.retry_after_s,
+            on_error=lambda operation: metrics.dedup_store_errors.labels(operation).inc(),
+        )
 
         async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
             await dedup.start()

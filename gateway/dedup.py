@@ -196,15 +196,24 @@ class Deduplicator:
         on_store_error: str = "reject",
         purge_interval_s: float = 3600.0,
         retry_after_s: int = 5,
+        on_error: Callable[[str], None] = lambda operation: None,
     ) -> None:
         self.store = store
+        self.on_error = on_error  # counts store failures by operation (metrics)
         self.on_store_error = on_store_error
         self.purge_interval_s = purge_interval_s
         self.retry_after_s = retry_after_s
         self._purger: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Dedup, *, retry_after_s: int = 5, clock: Clock = time.time) -> Deduplicator:
+    def from_settings(
+        cls,
+        settings: Dedup,
+        *,
+        retry_after_s: int = 5,
+        clock: Clock = time.time,
+        on_error: Callable[[str], None] = lambda operation: None,
+    ) -> Deduplicator:
         # Imported here, not at the top: the store modules import this one for their types,
         # and a gateway on SQLite (or a delivery-only process) never loads asyncpg.
         store: DedupStore | None
@@ -223,6 +232,7 @@ class Deduplicator:
             on_store_error=settings.on_store_error,
             purge_interval_s=settings.purge_interval_s,
             retry_after_s=retry_after_s,
+            on_error=on_error,
         )
 
     async def start(self) -> None:
@@ -251,6 +261,7 @@ class Deduplicator:
                 if deleted:
                     log.info("purged %d expired dedup entries", deleted, extra={"event": "dedup_purged"})
             except StoreError as exc:
+                self.on_error("purge")
                 log.warning("dedup purge failed: %s", exc, extra={"event": "dedup_purge_failed"})
             await asyncio.sleep(self.purge_interval_s)
 
@@ -268,6 +279,7 @@ class Deduplicator:
         try:
             result = await self.store.claim(message.sender, message.message_id, digest)
         except StoreError as exc:
+            self.on_error("claim")
             if self.on_store_error == "accept":
                 log.warning(
                     "dedup store unavailable, queueing %s unchecked: %s",
@@ -306,6 +318,7 @@ class Deduplicator:
         try:
             owned = await self.store.confirm(result, receipt)
         except StoreError as exc:
+            self.on_error("confirm")
             owned, why = False, str(exc)
         else:
             why = "the claim went stale and was taken over"
@@ -325,6 +338,7 @@ class Deduplicator:
         try:
             await self.store.release(claim)
         except StoreError as exc:
+            self.on_error("release")
             log.warning(
                 "could not release the dedup claim on %s (it expires after the claim timeout): %s",
                 claim.message_id,

@@ -177,6 +177,15 @@ class Metrics:
         self.auth_failures = Counter(
             "swgw_auth_failures_total", "Failed authentications, by reason.", ["reason"], registry=r
         )
+        # duplicate elimination
+        self.dedup_store_errors = Counter(
+            "swgw_dedup_store_errors_total",
+            "Failed calls to the store of seen message ids, by operation (claim, confirm, release, purge).",
+            ["operation"],
+            registry=r,
+        )
+        for op in ("claim", "confirm", "release", "purge"):
+            self.dedup_store_errors.labels(op)
 
 
 async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:

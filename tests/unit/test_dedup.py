@@ -304,10 +304,12 @@ class BrokenStore(SqliteStore):
 async def test_store_down_rejects_with_503_by_default_or_accepts_unchecked(tmp_path: Path) -> None:
     broker = Broker()
     store = BrokenStore(Dedup(path=tmp_path / "x.sqlite3"))
+    errors: list[str] = []
     with pytest.raises(DedupUnavailable) as caught:
-        await Deduplicator(store, retry_after_s=7).publish_once(message(), broker.publish)
+        await Deduplicator(store, retry_after_s=7, on_error=errors.append).publish_once(message(), broker.publish)
     assert (caught.value.status, caught.value.retry_after_s) == (503, 7)
     assert broker.published == []
+    assert errors == ["claim"]  # counted for ops (swgw_dedup_store_errors_total)
     receipt = await Deduplicator(store, on_store_error="accept").publish_once(message(), broker.publish)
     assert not receipt.duplicate
     assert broker.published == ["M-1"]
@@ -320,7 +322,8 @@ async def test_a_failed_record_after_the_confirm_still_answers_202(
         async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
             raise StoreError("disk full")
 
-    d = Deduplicator(RecordFails(Dedup(path=tmp_path / "x.sqlite3")))
+    errors: list[str] = []
+    d = Deduplicator(RecordFails(Dedup(path=tmp_path / "x.sqlite3")), on_error=errors.append)
     await d.start()
     try:
         broker = Broker()
@@ -329,6 +332,7 @@ async def test_a_failed_record_after_the_confirm_still_answers_202(
         assert not receipt.duplicate  # the broker has it: the partner gets the 202
         assert broker.published == ["M-1"]
         assert "could not record it as seen: disk full" in caplog.text
+        assert errors == ["confirm"]
     finally:
         await d.close()
 
