@@ -22,6 +22,9 @@ from gateway.errors import ConfigError
 
 T = TypeVar("T")
 
+# A worker holds a message while it retries it; stay well under RabbitMQ's consumer_timeout
+# (1,800 s by default on 3.10 and 4.x), past which the broker closes the channel.
+HOLD_BUDGET_S = 1500.0
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -576,6 +579,16 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         )
         if dest.backoff_min_s > dest.backoff_max_s:
             raise ConfigError(file, d.key("backoff_min_s"), "must not exceed backoff_max_s")
+        hold_s = dest.max_attempts * (dest.timeout_s + dest.backoff_max_s)
+        if hold_s > HOLD_BUDGET_S:
+            raise ConfigError(
+                file,
+                d.key("max_attempts"),
+                f"a worker could hold one message for {hold_s:.0f}s (max_attempts x (timeout_s + backoff_max_s)), "
+                f"over {HOLD_BUDGET_S:.0f}s: RabbitMQ's consumer_timeout (30 min by default) would close the "
+                "channel and count a redelivery. Lower max_attempts, timeout_s or backoff_max_s; a long outage "
+                "is the circuit breaker's job, not the retry loop's.",
+            )
         d.done()
         dests.append(dest)
     _unique(file, "destinations", [d.id for d in dests])

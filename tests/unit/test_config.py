@@ -40,6 +40,11 @@ def test_example_configs_load() -> None:
             "destinations[0].backoff_min_s",
             "must not exceed",
         ),
+        (
+            lambda d: d["destinations"][0].update(max_attempts=40, timeout_s=30, backoff_max_s=60),
+            "destinations[0].max_attempts",
+            "consumer_timeout",
+        ),
         (lambda d: d["routes"][0].update(destination="nowhere"), "routes[0].destination", "unknown destination"),
         (lambda d: d["routes"][0].update(message_type="NOPE"), "routes[0].message_type", "unknown message type"),
         (lambda d: d["partners"][0].update(token_sha256=["abc"]), "partners[0].token_sha256", "64 lowercase hex"),
