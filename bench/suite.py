@@ -246,7 +246,7 @@ class Bench:
             "load_generator": "wrk" if self.wrk else "bench.loadgen closed",
         }
 
-    def start_profile(self, proc: Proc, name: str) -> Callable[[], None] | None:
+    def start_profile(self, proc: Proc, name: str, duration_s: float | None = None) -> Callable[[], None] | None:
         spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
         if not Path(spy).exists():
             log("  --profile: py-spy not installed (pip install py-spy); skipped")
@@ -254,7 +254,7 @@ class Bench:
         out = RESULTS / f"profile-{name}.txt"
         p = subprocess.Popen(
             [spy, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw", "--rate", "200",
-             "--output", str(out), "--duration", str(int(self.args.saturation_s))],
+             "--output", str(out), "--duration", str(int(duration_s or self.args.saturation_s))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -290,8 +290,11 @@ class Bench:
             sink = self.sink()
             asyncio.run(wait_http(f"http://127.0.0.1:{self.sink_port}/health", timeout_s=30))
             t_up = time.monotonic()
+            profile = self.start_profile(gw, "drain", 20) if self.args.profile else None
             first, done = asyncio.run(self._wait_delivered(size + 1, lambda: sample("draining")))
             drain_s = done - t_up
+            if profile is not None:
+                profile()
             time.sleep(1)
             after = sample("after")
             hwm = sum(rss_mb(p)[1] for p in pids)

@@ -251,10 +251,9 @@ class Broker:
         self.metrics.broker_blocked.set(0)
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(
-                exchange.publish(message, routing_key=key, mandatory=True),
-                timeout=self.settings.broker.confirm_timeout_s,
-            )
+            # asyncio.timeout, not wait_for: wait_for wraps every publish in a Task of its own.
+            async with asyncio.timeout(self.settings.broker.confirm_timeout_s):
+                await exchange.publish(message, routing_key=key, mandatory=True)
         except TimeoutError as exc:
             self.metrics.publish_failures.labels("timeout").inc()
             raise BrokerUnavailable(

@@ -281,7 +281,9 @@ class DestinationWorker:
         finally:
             async with self._slots:
                 self._active -= 1
-                self._slots.notify_all()
+                # Wake only as many waiters as there are free slots (the ramp may have grown):
+                # notify_all woke all `prefetch` waiters per delivered message to re-check and sleep.
+                self._slots.notify(max(1, self.ramp.concurrency - self._active))
 
     def _may_continue(self) -> bool:
         return self.breaker.state is CircuitState.CLOSED and not self._stopping
