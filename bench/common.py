@@ -64,7 +64,9 @@ async def wait_http(url: str, timeout_s: float = 30.0, ok: Iterable[int] = (200,
             await asyncio.sleep(0.1)
 
 
-def gateway_toml(prefix: str, port: int, sink_port: int, dedup_path: Path, *, admin_port: int) -> str:
+def gateway_toml(
+    prefix: str, port: int, sink_port: int, dedup_path: Path, *, admin_port: int, dedup: str = "sqlite"
+) -> str:
     """The gateway's settings for the bench: ops/gateway.toml plus what production tuning says.
 
     Departures from the defaults: the partner's rate limit is raised (one partner sends
@@ -95,7 +97,7 @@ level = "INFO"
 format = "json"
 
 [dedup]
-backend = "sqlite"
+backend = "{dedup}"
 path = "{dedup_path}"
 
 [[partners]]
@@ -142,10 +144,12 @@ async def purge(names: Sequence[str]) -> None:
     async with conn:
         for name in names:
             ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_purge(name)
-            with contextlib.suppress(Exception):
-                await ch.close()
+            try:
+                queue = await ch.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:  # no such queue (yet): nothing to purge
+                continue
+            await queue.purge()
+            await ch.close()
 
 
 async def delete_topology(prefix: str, extra_queues: Sequence[str] = ()) -> None:

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WORKERS = 1
+DEFAULT_WORKERS = 2  # `swgw serve --workers 2`: intake on both cores (the recommended setting here)
 
 TARGETS = {
     "intake_ratio": 0.70,

@@ -88,7 +88,12 @@ class Bench:
         self.config = self.tmp / "gateway.toml"
         self.config.write_text(
             gateway_toml(
-                self.prefix, self.gw_port, self.sink_port, self.tmp / "dedup.sqlite3", admin_port=self.admin_port
+                self.prefix,
+                self.gw_port,
+                self.sink_port,
+                self.tmp / "dedup.sqlite3",
+                admin_port=self.admin_port,
+                dedup=args.dedup,
             )
         )
         pre, post = split_payload()
@@ -287,11 +292,14 @@ class Bench:
             log(f"  backlog of {size:,} published in {built_s:.1f}s ({size / built_s:,.0f}/s, pipelined confirms)")
             time.sleep(3)
             sitting = max(sample("backlog sitting") for _ in range(3))
+            queued = asyncio.run(_depth(queue_name(self.prefix)))  # the backlog plus the seed message
+            if queued != size + 1:
+                log(f"  note: {queued:,} messages in the queue, expected {size + 1:,}; timing the drain of all of them")
             sink = self.sink()
             asyncio.run(wait_http(f"http://127.0.0.1:{self.sink_port}/health", timeout_s=30))
             t_up = time.monotonic()
             profile = self.start_profile(gw, "drain", 20) if self.args.profile else None
-            first, done = asyncio.run(self._wait_delivered(size + 1, lambda: sample("draining")))
+            first, done = asyncio.run(self._wait_delivered(queued, lambda: sample("draining")))
             drain_s = done - t_up
             if profile is not None:
                 profile()
@@ -306,8 +314,9 @@ class Bench:
         during = [s for _, st, s in samples if st == "draining"]
         self.results["drain"] = {
             "size": size,
+            "queued": queued,
             "drain_s": drain_s,
-            "msg_per_s": size / drain_s,
+            "msg_per_s": queued / drain_s,
             "first_delivery_s": first - t_up,
             "backlog_publish_per_s": size / built_s,
             "rss_mb": {
@@ -320,7 +329,7 @@ class Bench:
             "rss_samples": [(round(t - samples[0][0], 2), st, round(v, 1)) for t, st, v in samples],
         }
         log(
-            f"  drained {size:,} in {drain_s:.1f}s = {size / drain_s:,.0f}/s (first delivery after "
+            f"  drained {queued:,} in {drain_s:.1f}s = {queued / drain_s:,.0f}/s (first delivery after "
             f"{first - t_up:.1f}s); RSS MB before {before:.0f}, backlog {sitting:.0f}, "
             f"peak {max(during) if during else 0:.0f}, after {after:.0f}"
         )
@@ -366,6 +375,7 @@ class Bench:
         log(f"replay: {size:,} parked messages with swgw replay")
         # the gateway declares the topology; it is not running now, so declare it here
         asyncio.run(declare_topology(self.config))
+        queued_before = asyncio.run(_depth(queue_name(self.prefix)))
         asyncio.run(publish_backlog(parking_name(self.prefix), self.prefix, size, parked=True))
         t0 = time.monotonic()
         out = subprocess.run(
@@ -375,7 +385,9 @@ class Bench:
         replay_s = time.monotonic() - t0
         if out.returncode != 0:
             raise RuntimeError(f"swgw replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        moved = asyncio.run(_depth(queue_name(self.prefix)))
+        moved = asyncio.run(_depth(queue_name(self.prefix))) - queued_before
+        if queued_before:
+            log(f"  note: {queued_before:,} messages were already in the destination queue before the replay")
         asyncio.run(purge([queue_name(self.prefix), parking_name(self.prefix)]))
         self.results["replay"] = {"size": size, "replay_s": replay_s, "msg_per_s": size / replay_s, "moved": moved}
         log(f"  replayed {size:,} in {replay_s:.1f}s = {size / replay_s:,.0f}/s ({moved:,} now in the queue)")
@@ -454,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=report.DEFAULT_WORKERS, help="gateway (and ceiling) processes sharing the port"
     )
+    parser.add_argument(
+        "--dedup", choices=("sqlite", "none"), default="sqlite", help="gateway dedup store (none: to see its cost)"
+    )
     parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway's first saturation run")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and process logs")
@@ -481,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "workers": args.workers,
         "runs": args.runs,
+        "dedup": args.dedup,
         "git": _git_rev(),
     }
     md = report.markdown(bench.results)
