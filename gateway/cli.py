@@ -190,6 +190,7 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
             print(f"{len(rows)} parked message(s) shown for {args.destination}", file=sys.stderr)
         return 0
 
+    _use_uvloop()
     return asyncio.run(_with_broker(settings, work))
 
 
@@ -218,6 +219,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return 1 if report.failed else 0
 
+    _use_uvloop()
     return asyncio.run(_with_broker(settings, work))
 
 

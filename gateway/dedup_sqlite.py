@@ -31,6 +31,8 @@ class SqliteStore:
         self._limits = Limits(settings, clock)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._run(self._open)
@@ -58,11 +60,50 @@ class SqliteStore:
         with self._lock:
             return fn()
 
+    def _locked_batch(self, batch: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run each call in turn (each its own transaction) in one thread hop."""
+        results: list[tuple[bool, Any]] = []
+        with self._lock:
+            for fn in batch:
+                try:
+                    results.append((True, fn()))
+                except Exception as exc:  # handed to that call's own caller, never swallowed
+                    results.append((False, exc))
+        return results
+
     async def _run(self, fn: Callable[[], Any]) -> Any:
+        """Queue `fn` for the next batch and wait for its own result.
+
+        Under load many requests want the store at once; one thread hop per request (two
+        per message) cost more CPU than the SQL itself (bench/results/ANALYSIS.md). Calls
+        that arrive while a batch runs go together in the next one.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="dedup-sqlite-batch")
         try:
-            return await asyncio.to_thread(self._locked, fn)
+            return await future
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._locked_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # the thread could not run at all: fail every waiter
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else sqlite3.OperationalError(str(exc)))
+                raise
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # its request was cancelled; the call itself ran, as before
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

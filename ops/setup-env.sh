@@ -11,6 +11,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # load generator for bench/
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian packages"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -421,3 +422,35 @@ def test_config_errors_name_the_key(tmp_path: Path, dedup: dict[str, object], ke
         _settings(tmp_path, dedup)
     assert caught.value.key == key
     assert fragment in str(caught.value)
+
+
+async def test_sqlite_calls_from_concurrent_requests_share_thread_hops_and_keep_their_own_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(Dedup(path=tmp_path / "batch.sqlite3"))
+    await store.start()
+    hops: list[int] = []
+    original = store._locked_batch
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        hops.append(len(batch))
+        return original(batch)
+
+    monkeypatch.setattr(store, "_locked_batch", counting)
+    try:
+        results = await asyncio.gather(*(store.claim("VN-NSW", f"B-{i % 25}", "d") for i in range(50)))
+        assert sum(hops) == 50
+        assert len(hops) < 50  # batched: fewer thread hops than calls
+        claimed = [r for r in results if isinstance(r, Claimed)]
+        assert sorted(c.message_id for c in claimed) == sorted(f"B-{i}" for i in range(25))  # one claim per id
+        assert all(isinstance(r, InFlight) for r in results if not isinstance(r, Claimed))
+
+        def boom() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        ok, bad = await asyncio.gather(store.lookup("VN-NSW", "B-0"), store._run(boom), return_exceptions=True)
+        assert ok is None  # pending, not queued: no receipt — and unaffected by its neighbour's failure
+        assert isinstance(bad, StoreError)
+        assert "disk I/O error" in str(bad)
+    finally:
+        await store.close()
