@@ -47,6 +47,8 @@ _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 def mask_credentials(text: str) -> str:
     """`Authorization: Bearer abc` → `Authorization: Bearer [redacted]`."""
+    if "b" not in text and "B" not in text:  # no "bearer"/"basic" possible: skip the regex (hot path)
+        return text
     return _CREDENTIAL.sub(r"\1\2[redacted]", text)
 
 
@@ -78,12 +80,37 @@ def _context(record: logging.LogRecord) -> dict[str, object]:
     return out
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps(**kw) builds one per call
+
+
+class _UtcStamp:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        micro = round((created - second) * 1_000_000)  # as datetime rounds, then isoformat truncates
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{micro // 1000:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (UTC), level, logger, msg, the context keys present, exc."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _UtcStamp()
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": safe_message(record),
@@ -91,7 +118,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exc"] = mask_credentials(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _ENCODE(out)
 
 
 class TextFormatter(logging.Formatter):

@@ -136,3 +136,17 @@ def test_setup_takes_level_and_format_from_config(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "DEBUG   swgw.delivery: probe  [event=probe destination=vnaccs]" in err
     assert "library chatter" not in err
+
+
+def test_cached_timestamp_is_exactly_isoformat_milliseconds() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    from gateway.logs import _UtcStamp
+
+    stamp = _UtcStamp()
+    rng = random.Random(7)
+    base = 1_795_000_000.0
+    for _ in range(5000):
+        t = base + rng.uniform(0, 5)  # many within the same second: the cached path
+        assert stamp(t) == datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
