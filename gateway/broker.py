@@ -299,6 +299,8 @@ class Broker:
     async def poll_depths(self, interval_s: float, after: Callable[[], None] | None = None) -> None:
         """Keep backlog/parked gauges fresh: one passive declare per queue per interval."""
         while True:
+            # Blocked is a connection state: report it even when nothing is being published.
+            self.metrics.broker_blocked.set(1 if self.blocked else 0)
             if self.ready:
                 try:
                     self.depths = await self.queue_depths()

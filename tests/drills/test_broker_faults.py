@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.broker import Names
@@ -97,6 +98,14 @@ async def test_drill_4_broker_alarm_blocks_publishers(
         await asyncio.to_thread(rabbit_node.wait_alarm, True)
         raised = now()
         await load.wait_until("30 answered 503 during the alarm", lambda r: count_503(r, raised) >= 30, 30)
+        # what ops see during the alarm: readiness says blocked, and the gauge is up
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{ingress.url}/readyz") as resp:
+                detail = await resp.json()
+                assert (resp.status, detail["broker"]["state"]) == (503, "blocked"), detail
+            async with asyncio.timeout(10):
+                while "swgw_broker_blocked 1.0" not in await (await http.get(f"{ingress.url}/metrics")).text():  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)  # the gauge refreshes every 2 s
         clearing = now()
         await asyncio.to_thread(set_alarm, False)
         await asyncio.to_thread(rabbit_node.wait_alarm, False)
