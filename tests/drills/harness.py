@@ -56,8 +56,8 @@ def drill_config(
 class GatewayProcess:
     """`python -m gateway serve` in its own process: what SIGKILL and SIGTERM drills need."""
 
-    def __init__(self, config: Path, port: int, log: Path, *, role: str = "all") -> None:
-        self.config, self.port, self.log, self.role = config, port, log, role
+    def __init__(self, config: Path, port: int, log: Path, *, role: str = "all", workers: int = 1) -> None:
+        self.config, self.port, self.log, self.role, self.workers = config, port, log, role, workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,7 +68,18 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWGW_")}  # the file is the whole config
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--role", self.role],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--role",
+                    self.role,
+                    "--workers",
+                    str(self.workers),
+                ],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
