@@ -26,6 +26,7 @@ from aiohttp import web
 from lxml import etree
 
 from bench.common import RABBIT_URL, ROOT, SCHEMA_FILE
+from gateway.validation import untrusted_parser
 
 ENVELOPE_XSD = ROOT / "schemas" / "envelope" / "envelope-1.xsd"
 
@@ -35,14 +36,7 @@ def _schema(path: Path) -> etree.XMLSchema:
 
 
 def make_app(queue: str) -> web.Application:
-    parser = etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        collect_ids=False,
-    )
+    parser = untrusted_parser()  # the gateway's own hardened parser: same settings, same cost
     envelope = _schema(ENVELOPE_XSD)
     payload_schema = _schema(SCHEMA_FILE)
     state: dict[str, aio_pika.abc.AbstractExchange] = {}
