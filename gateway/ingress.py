@@ -27,7 +27,6 @@ from gateway.dedup import Deduplicator
 from gateway.errors import (
     Forbidden,
     IngressError,
-    InvalidMessage,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
@@ -110,13 +109,7 @@ class Ingress:
         self._authorise(partner, env)
         self.signatures.verify(partner, env.payload.getroottree().getroot())  # 403 before schema work
         self.validator.check_payload(env)
-        destination = self.router.destination_for(env.receiver, env.message_type)
-        if destination is None:
-            raise InvalidMessage(
-                f"No route for To={env.receiver!r} and MessageType={env.message_type!r}; "
-                "check the receiver id or ask the operator to add a route.",
-                reason="no_route",
-            )
+        destination = self.router.route(env.receiver, env.message_type)
         message = QueuedMessage(
             message_id=env.message_id,
             correlation_id=env.correlation_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.config import Route
+from gateway.errors import InvalidMessage
 
 
 class Router:
@@ -20,3 +21,14 @@ class Router:
 
     def destination_for(self, to: str, message_type: str) -> str | None:
         return self._table.get((to, message_type)) or self._table.get((to, "*"))
+
+    def route(self, to: str, message_type: str) -> str:
+        """The destination, or the 422 partners get (the gateway and `swgw validate` alike)."""
+        destination = self.destination_for(to, message_type)
+        if destination is None:
+            raise InvalidMessage(
+                f"No route for To={to!r} and MessageType={message_type!r}; "
+                "check the receiver id or ask the operator to add a route.",
+                reason="no_route",
+            )
+        return destination

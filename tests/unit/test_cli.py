@@ -80,3 +80,12 @@ def test_python_dash_m_gateway_is_the_swgw_command() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, check=True)
     for command in ("serve", "check-config", "validate", "parked", "replay", "simulate", "status", "demo"):
         assert command in out.stdout
+
+
+def test_validate_reports_no_route_as_the_gateway_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = sorted((EXAMPLES / "CUSDEC" / "valid").glob("*.xml"))[0]
+    unrouted = tmp_path / "unrouted.xml"
+    unrouted.write_bytes(good.read_bytes().replace(b"<To>VN-VNACCS</To>", b"<To>XX-NOBODY</To>"))
+    assert main(["validate", "--json", "--config", CONFIG, str(unrouted)]) == 1
+    row = json.loads(capsys.readouterr().out)
+    assert (row["status"], row["reason"]) == (422, "no_route")  # same answer as POST /v1/messages

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.broker import PARKING_ARGUMENTS, Names, queue_arguments
 from gateway.config import Destination, Route
+from gateway.errors import InvalidMessage
 from gateway.messages import Parking, QueuedMessage
 from gateway.routing import Router
 
@@ -13,6 +16,10 @@ def test_exact_route_wins_over_wildcard_and_nothing_else_matches() -> None:
     assert r.destination_for("VN-NSW", "CUSRES") == "special"
     assert r.destination_for("VN-NSW", "ACK") == "nsw"
     assert r.destination_for("TH-NSW", "ACK") is None
+    assert r.route("VN-NSW", "ACK") == "nsw"
+    with pytest.raises(InvalidMessage) as exc:
+        r.route("TH-NSW", "ACK")
+    assert (exc.value.status, exc.value.reason) == (422, "no_route")
 
 
 def msg(**kw: object) -> QueuedMessage:
