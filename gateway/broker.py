@@ -240,15 +240,13 @@ class Broker:
                 reason="broker_unavailable",
                 retry_after_s=retry,
             )
-        if self.blocked:
-            self.metrics.broker_blocked.set(1)
+        if self.blocked:  # the gauge itself is kept by poll_depths, not set on every publish
             self.metrics.publish_failures.labels("blocked").inc()
             raise BrokerUnavailable(
                 "The message broker is refusing new messages (resource alarm); nothing was queued. Retry later.",
                 reason="broker_blocked",
                 retry_after_s=retry,
             )
-        self.metrics.broker_blocked.set(0)
         started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: wait_for wraps every publish in a Task of its own.

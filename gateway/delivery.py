@@ -235,9 +235,10 @@ class DestinationWorker:
     async def _handle(self, raw: AbstractIncomingMessage) -> None:
         msg = QueuedMessage.from_amqp(raw)
         key = id(raw)
-        self._inflight[key] = _parse_iso(msg.received_at)
+        received = _parse_iso(msg.received_at)  # once per message: age gauges, requeue head, e2e latency
+        self._inflight[key] = received
         try:
-            outcome = await self._deliver(msg)
+            outcome = await self._deliver(msg, received)
         except asyncio.CancelledError:
             raise  # stop(): left unacked on purpose; the broker redelivers after the channel closes
         except Exception:
@@ -256,7 +257,6 @@ class DestinationWorker:
                     # The cancel started when the circuit opened may still be in flight; finish it
                     # first, or the broker hands the message straight back to this consumer.
                     await self._cancel_consumer()
-                received = _parse_iso(msg.received_at)
                 if received is not None and (self.stalled_head is None or received < self.stalled_head):
                     self.stalled_head = received
                 await raw.nack(requeue=True)
@@ -299,11 +299,11 @@ class DestinationWorker:
                 return False
             await self._state_changed.wait()  # half-open with the trial taken: wait for its verdict
 
-    async def _deliver(self, msg: QueuedMessage) -> Outcome:
+    async def _deliver(self, msg: QueuedMessage, received: float | None) -> Outcome:
         async with self._sending_slot():
-            return await self._deliver_in_slot(msg)
+            return await self._deliver_in_slot(msg, received)
 
-    async def _deliver_in_slot(self, msg: QueuedMessage) -> Outcome:
+    async def _deliver_in_slot(self, msg: QueuedMessage, received: float | None) -> Outcome:
         if not await self._acquire_circuit():
             return Outcome.REQUEUED
         attempts = [1]
@@ -321,7 +321,7 @@ class DestinationWorker:
                 await self._park(msg, "max_attempts", exc.status, exc.excerpt or str(exc), attempts[0])
                 return Outcome.PARKED
             return Outcome.REQUEUED
-        self._delivered(msg)
+        self._delivered(received)
         log.info("delivered", extra=self._ctx(msg, "delivered", attempt=attempts[0]))
         return Outcome.DELIVERED
 
@@ -406,12 +406,11 @@ class DestinationWorker:
         if kind is not None:
             raise PermanentDeliveryError(f"backend rejected the message with {status}", status=status, excerpt=excerpt)
 
-    def _delivered(self, msg: QueuedMessage) -> None:
+    def _delivered(self, received: float | None) -> None:
         now = time.time()
         self.delivered_total += 1
         self.last_delivery_at = now
         self.metrics.last_delivery.labels(self.dest.id).set(now)
-        received = _parse_iso(msg.received_at)
         if received is not None:
             self.metrics.end_to_end.labels(self.dest.id).observe(max(0.0, now - received))
 
