@@ -189,7 +189,9 @@ async def replay(
             else:
                 await broker.publish(msg.unparked())
             await raw.ack()  # only after the confirm
-        except (BrokerUnavailable, Exception) as exc:
+            if not back_to_parking:
+                report.replayed += 1  # counted once confirmed, not when selected
+        except Exception as exc:  # recorded, the message stays parked, and replay() raises below
             failures.append(exc)
             with contextlib.suppress(Exception):
                 await raw.nack(requeue=True)
@@ -199,17 +201,16 @@ async def replay(
     tasks: set[asyncio.Task[None]] = set()
     async with _parking(broker, destination, prefetch=_WINDOW * 2) as (_, it, count):
         while report.scanned < count and not failures:
-            if flt.limit is not None and report.replayed >= flt.limit:
+            if flt.limit is not None and len(report.selected) >= flt.limit:
                 break  # the rest stays where it is (unread messages return on channel close)
             raw = await anext(it)
             report.scanned += 1
             msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
-            selected = flt.matches(msg) and (flt.limit is None or report.replayed < flt.limit)
+            selected = flt.matches(msg) and (flt.limit is None or len(report.selected) < flt.limit)
             if selected and limiter is not None:
                 await limiter.acquire()
             await window.acquire()
             if selected:
-                report.replayed += 1
                 report.selected.append(ParkedInfo.of(msg))
             else:
                 report.skipped += 1
@@ -220,7 +221,7 @@ async def replay(
             await asyncio.gather(*tasks)
     report.failed = len(failures)
     if metrics:
-        metrics.replayed.labels(destination, "replayed").inc(report.replayed - report.failed)
+        metrics.replayed.labels(destination, "replayed").inc(report.replayed)
         metrics.replayed.labels(destination, "failed").inc(report.failed)
     log.info(
         "replay finished: %d replayed, %d left parked, %d failed",
@@ -231,7 +232,7 @@ async def replay(
     )
     if failures:
         raise BrokerUnavailable(
-            f"Replay stopped after {report.replayed} of the selected messages: {failures[0]}. "
+            f"Replay stopped after {report.replayed} confirmed of {len(report.selected)} selected: {failures[0]}. "
             "Messages not confirmed stay parked; run the replay again.",
             retry_after_s=5,
         ) from failures[0]
