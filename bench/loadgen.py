@@ -60,12 +60,7 @@ async def _open_loop(url: str, rate: float, duration: float, warmup: float, tag:
         async def one(i: int, due: float) -> None:
             body = pre + f"{tag}-{i}".encode() + post
             lag = clock() - due
-            try:
-                async with session.post(url, data=body, headers=HEADERS) as resp:
-                    await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                status = 0
+            status = await _post(session, url, body)
             if due >= measured_from:
                 latencies.append(clock() - due)
                 lags.append(lag)
@@ -85,6 +80,16 @@ async def _open_loop(url: str, rate: float, duration: float, warmup: float, tag:
     return {"latencies": latencies, "lags": lags, "statuses": dict(statuses)}
 
 
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> int:
+    """One POST; its status, or 0 when the connection failed (counted apart in the report)."""
+    try:
+        async with session.post(url, data=body, headers=HEADERS) as resp:
+            await resp.read()
+            return resp.status
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return 0
+
+
 async def _closed_loop(url: str, connections: int, duration: float, warmup: float, tag: str) -> dict[str, Any]:
     pre, post = split_payload()
     loop = asyncio.get_running_loop()
@@ -98,12 +103,7 @@ async def _closed_loop(url: str, connections: int, duration: float, warmup: floa
         async def worker() -> None:
             while (now := loop.time()) < end:
                 body = pre + f"{tag}-{next(counter)}".encode() + post
-                try:
-                    async with session.post(url, data=body, headers=HEADERS) as resp:
-                        await resp.read()
-                        status = resp.status
-                except (aiohttp.ClientError, OSError, TimeoutError):
-                    status = 0
+                status = await _post(session, url, body)
                 if now >= measured_from and loop.time() <= end:
                     statuses[status] += 1
 
