@@ -5,14 +5,24 @@ is the fake backend: `POST /inbound` records each delivery by `X-Message-Id` and
 duplicates; `GET /health` (or `GET /inbound`) says whether it is up. The control port
 (`--control-port`) stays reachable in every mode: `GET /_sim/state`, `POST /_sim/mode`
 (JSON such as `{"mode": "error", "status": 503, "retry_after": "30"}`), `GET /_sim/received`,
-`GET /_sim/received/ids`, `POST /_sim/reset`.
+`GET /_sim/received/ids`, `GET /_sim/posts`, `POST /_sim/reset`.
 
 Modes: `up`; `down` closes the listening socket and drops open connections, so clients get
 a real "connection refused" until it reopens on the same port; `error` answers `status`
-(default 503; /health says 503) with an optional `Retry-After` sent verbatim; `slow` waits
-`delay_ms` and still records a message whose client gave up, as a real backend would commit
-it (this is how timeouts cause duplicates); `reject` answers 400 for `reject_types` and
-accepts the rest; `flap` alternates up and down every `flap_s` seconds.
+(default 503; /health says 503) with an optional `Retry-After` sent verbatim; `sick` is the
+load balancer that lies: the health check (`GET /health`, `GET /inbound`) answers 200 while
+every POST answers `status` (default 503, optional `Retry-After`); `slow` waits `delay_ms`
+and still records a message whose client gave up, as a real backend would commit it (this
+is how timeouts cause duplicates); `reject` answers 400 for `reject_types` and accepts the
+rest; `flap` alternates up and down every `flap_s` seconds.
+
+In every mode, the ids in `fail_ids` (X-Message-Id values) always fail with `fail_status`
+(default 500): a poison message. 5xx makes the gateway retry it, 4xx makes it park it.
+
+Counters drills read (reset by `reset()`): `health_hits` (every health GET that reached the
+port, whatever it answered) and POSTs per message id, failed ones included (`posts_for(id)`,
+`post_counts`); `GET /_sim/state` carries `health_hits` and `posts`, `GET /_sim/posts` the
+count per id.
 
 `swgw simulate` = `add_arguments(parser)` then `run(namespace)`; `python -m gateway.simulator`
 runs `main(argv)`. Tests use `Simulator` directly.
@@ -36,7 +46,7 @@ from aiohttp import web
 
 log = logging.getLogger("gateway.simulator")
 
-MODES = ("up", "down", "error", "slow", "reject", "flap")
+MODES = ("up", "down", "error", "sick", "slow", "reject", "flap")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -45,28 +55,37 @@ class Mode:
     """What the backend does now. Each option only matters in its own mode."""
 
     name: str = "up"
-    status: int = 503  # error: the status answered (400-599, so 408/429 drills work too)
-    retry_after: str | None = None  # error: Retry-After value, verbatim (seconds, a date, or garbage)
+    status: int = 503  # error, sick: the status answered (400-599, so 408/429 drills work too)
+    retry_after: str | None = None  # error, sick: Retry-After value, verbatim (seconds, a date, or garbage)
     delay_ms: int = 0  # slow
     reject_types: frozenset[str] = frozenset()  # reject: answered 400
     flap_s: float = 5.0  # flap: seconds up, then as many down
+    fail_ids: frozenset[str] = frozenset()  # every mode: these message ids always fail...
+    fail_status: int = 500  # ...with this status (400-599)
 
     def __post_init__(self) -> None:
         # Checked here, not in the parsers, so the control API, the CLI and tests share it.
-        types = self.reject_types
-        types_ok = isinstance(types, list | tuple | set | frozenset) and all(isinstance(t, str) for t in types)
-        checks = (  # `type(x) is int` because True is an int too
+        def strings(value: object) -> bool:
+            return isinstance(value, list | tuple | set | frozenset) and all(isinstance(t, str) for t in value)
+
+        def status(value: object) -> bool:
+            return type(value) is int and 400 <= value <= 599  # `type(x) is int` because True is an int too
+
+        checks = (
             ("mode", self.name, self.name in MODES, f"one of {', '.join(MODES)}"),
-            ("status", self.status, type(self.status) is int and 400 <= self.status <= 599, "an integer 400-599"),
+            ("status", self.status, status(self.status), "an integer 400-599"),
             ("retry_after", self.retry_after, self.retry_after is None or isinstance(self.retry_after, str), "text"),
             ("delay_ms", self.delay_ms, type(self.delay_ms) is int and self.delay_ms >= 0, "an integer >= 0"),
             ("flap_s", self.flap_s, type(self.flap_s) in (int, float) and self.flap_s > 0, "a number > 0"),
-            ("reject_types", types, types_ok, "a list of strings"),
+            ("reject_types", self.reject_types, strings(self.reject_types), "a list of strings"),
+            ("fail_ids", self.fail_ids, strings(self.fail_ids), "a list of strings"),
+            ("fail_status", self.fail_status, status(self.fail_status), "an integer 400-599"),
         )
         for key, value, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{key}: {value!r} must be {expected}")
-        object.__setattr__(self, "reject_types", frozenset(types))
+        object.__setattr__(self, "reject_types", frozenset(self.reject_types))
+        object.__setattr__(self, "fail_ids", frozenset(self.fail_ids))
 
     @classmethod
     def from_json(cls, data: Any) -> Mode:
@@ -84,7 +103,12 @@ class Mode:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {"mode": d.pop("name"), **d, "reject_types": sorted(self.reject_types)}
+        return {
+            "mode": d.pop("name"),
+            **d,
+            "reject_types": sorted(self.reject_types),
+            "fail_ids": sorted(self.fail_ids),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,8 @@ class Simulator:
 
     `sleep` paces `slow` delays and `flap` periods; tests inject a controllable one.
     `mode` is read-only: change it with `set_mode()`, which opens or closes the port.
+    `health_hits` counts health GETs and `posts_for(id)` POSTs per message id (failed ones
+    too), so drills can count probe intervals and delivery attempts.
     Use as `async with Simulator(...) as sim:` or call `start()` and `stop()`.
     """
 
@@ -155,6 +181,7 @@ class Simulator:
         control.router.add_post("/_sim/mode", self._post_mode)
         control.router.add_get("/_sim/received", self._get_received)
         control.router.add_get("/_sim/received/ids", self._get_ids)
+        control.router.add_get("/_sim/posts", self._get_posts)
         control.router.add_post("/_sim/reset", self._post_reset)
         self._control = web.AppRunner(control, access_log=None)
 
@@ -180,12 +207,29 @@ class Simulator:
         """Unique message ids in first-seen order."""
         return list(self._first)
 
+    def posts_for(self, message_id: str) -> int:
+        """POSTs that arrived with this X-Message-Id, whatever they were answered."""
+        return self._posts[message_id]
+
+    @property
+    def post_counts(self) -> dict[str, int]:
+        """A copy of the POST count per message id (failed, rejected and slow ones included)."""
+        return dict(self._posts)
+
+    @property
+    def posts(self) -> int:
+        """Every POST that reached the data port, with or without a message id."""
+        return self._posts_total
+
     def reset(self) -> None:
-        """Forget everything received (the mode is kept)."""
+        """Forget everything received and zero the counters (the mode is kept)."""
         self.deliveries: list[Delivery] = []
         self._first: dict[str, str] = {}  # id -> sha256 of the first copy
         self._by_type: Counter[str] = Counter()
         self._conflicts = self._rejected = 0
+        self._posts: Counter[str] = Counter()
+        self._posts_total = 0
+        self.health_hits = 0
 
     async def start(self) -> None:
         await self._control.setup()
@@ -234,13 +278,18 @@ class Simulator:
     async def _inbound(self, request: web.Request) -> web.Response:
         mode = self.mode
         body = await request.read()
-        if failure := await self._misbehave(mode, mode.status):
-            return failure
         h = request.headers
         mid, mtype = h.get("X-Message-Id", ""), h.get("X-Message-Type", "")
+        self._posts_total += 1
+        if mid:  # counted on arrival: a POST that later fails or is cut off still was one
+            self._posts[mid] += 1
+        if failure := await self._misbehave(mode, post=True):
+            return failure
         if not mid:
             self._rejected += 1
             return _problem(400, "Missing message id", "the X-Message-Id header is required")
+        if mid in mode.fail_ids:
+            return _problem(mode.fail_status, "Poison message", f"simulator always fails message {mid!r}")
         if mode.name == "reject" and mtype in mode.reject_types:
             self._rejected += 1
             return _problem(400, "Rejected", f"simulator rejects message type {mtype!r}")
@@ -258,10 +307,12 @@ class Simulator:
         return web.json_response({"status": "accepted", "message_id": mid, "duplicate": duplicate})
 
     async def _health(self, request: web.Request) -> web.Response:
-        return await self._misbehave(self.mode, 503) or web.json_response({"status": "up"})
+        self.health_hits += 1
+        return await self._misbehave(self.mode, post=False) or web.json_response({"status": "up"})
 
-    async def _misbehave(self, mode: Mode, status: int) -> web.Response | None:
-        """The slow delay, then in error mode an answer with `status`; None: answer normally."""
+    async def _misbehave(self, mode: Mode, *, post: bool) -> web.Response | None:
+        """The slow delay, then the failure the mode answers (error: everything; sick: POSTs
+        only, the health check lies); None: answer normally."""
         if mode.name == "slow":
             # Tracked so that going down can kill it, as a crashing process would.
             task = asyncio.current_task()
@@ -271,10 +322,11 @@ class Simulator:
                 await self._sleep(mode.delay_ms / 1000)
             finally:
                 self._inflight.discard(task)
-        if mode.name != "error":
+        if not (mode.name == "error" or (post and mode.name == "sick")):
             return None
+        status = mode.status if post else 503
         headers = {"Retry-After": mode.retry_after} if mode.retry_after is not None else None
-        return _problem(status, "Simulated failure", f"simulator in error mode ({status})", headers)
+        return _problem(status, "Simulated failure", f"simulator in {mode.name} mode ({status})", headers)
 
     async def _set_listening(self, up: bool) -> None:
         async with self._listen_lock:
@@ -311,7 +363,14 @@ class Simulator:
     # --- control port ------------------------------------------------------------------------
 
     async def _get_state(self, request: web.Request | None = None) -> web.Response:
-        state = {"mode": self.mode.as_dict(), "listening": self.listening, "url": self.url, "port": self.port}
+        state = {
+            "mode": self.mode.as_dict(),
+            "listening": self.listening,
+            "url": self.url,
+            "port": self.port,
+            "health_hits": self.health_hits,
+            "posts": self.posts,
+        }
         return web.json_response(state)
 
     async def _post_mode(self, request: web.Request) -> web.Response:
@@ -327,6 +386,13 @@ class Simulator:
 
     async def _get_ids(self, request: web.Request) -> web.Response:
         return web.json_response({"ids": self.ids})
+
+    async def _get_posts(self, request: web.Request) -> web.Response:
+        """`{"total", "health_hits", "by_id"}`; with `?id=X` only `{"id", "posts"}` for that id."""
+        if "id" in request.query:
+            mid = request.query["id"]
+            return web.json_response({"id": mid, "posts": self.posts_for(mid)})
+        return web.json_response({"total": self.posts, "health_hits": self.health_hits, "by_id": self.post_counts})
 
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -344,11 +410,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--control-port", type=int, default=8082, help="control API port (default 8082)")
     add("--path", default="/inbound", help="delivery path (default /inbound)")
     add("--mode", dest="name", choices=MODES, default="up", help="starting mode (default up)")
-    add("--status", type=int, default=503, help="error mode: HTTP status (default 503)")
-    add("--retry-after", help="error mode: Retry-After header value")
+    add("--status", type=int, default=503, help="error and sick modes: HTTP status (default 503)")
+    add("--retry-after", help="error and sick modes: Retry-After header value")
     add("--delay-ms", type=int, default=0, help="slow mode: delay per request")
     add("--reject-type", dest="reject_types", action="append", default=[], help="reject mode: a type to 400")
     add("--flap-s", type=float, default=5.0, help="flap mode: seconds up, then down (default 5)")
+    add("--fail-id", dest="fail_ids", action="append", default=[], help="any mode: a message id that always fails")
+    add("--fail-status", type=int, default=500, help="status for --fail-id messages (default 500; 4xx gets parked)")
 
 
 def mode_from_args(ns: argparse.Namespace) -> Mode:

@@ -276,6 +276,115 @@ async def test_flap_alternates_up_and_down_on_the_same_port(client: aiohttp.Clie
         assert sim.port == port
 
 
+# --- sick, poison ids, counters -----------------------------------------------------------
+
+
+async def test_sick_mode_health_answers_200_while_posts_fail(sim: Simulator, client: aiohttp.ClientSession) -> None:
+    await sim.set_mode("sick")  # the load balancer that lies
+    for url in (f"http://127.0.0.1:{sim.port}/health", sim.url):
+        async with client.get(url) as r:
+            assert r.status == 200
+    status, body, hdrs = await post(client, sim, "m")
+    assert (status, body["status"]) == (503, 503)
+    assert hdrs["Content-Type"].startswith("application/problem+json")
+    assert "sick" in str(body["detail"])
+    await sim.set_mode("sick", status=500, retry_after="9")
+    status, _, hdrs = await post(client, sim, "m")
+    assert (status, hdrs["Retry-After"]) == (500, "9")
+    assert sim.received.total == 0
+    assert (sim.health_hits, sim.posts_for("m")) == (2, 2)
+
+
+@pytest.mark.parametrize("mode", [Mode("up"), Mode("reject", reject_types=frozenset({"OTHER"})), Mode("slow")])
+async def test_fail_ids_always_fail_in_any_mode(mode: Mode, sim: Simulator, client: aiohttp.ClientSession) -> None:
+    await sim.set_mode(mode.name, reject_types=mode.reject_types, fail_ids=frozenset({"poison", "toxic"}))
+    for _ in range(3):
+        status, body, hdrs = await post(client, sim, "poison")
+        assert (status, body["status"]) == (500, 500)
+        assert hdrs["Content-Type"].startswith("application/problem+json")
+        assert "poison" in str(body["detail"])
+    assert (await post(client, sim, "healthy"))[0] == 200
+    await sim.set_mode(mode.name, reject_types=mode.reject_types, fail_ids=frozenset({"poison"}), fail_status=400)
+    assert (await post(client, sim, "poison"))[0] == 400  # a 4xx poison: the gateway parks it
+    assert (await post(client, sim, "toxic"))[0] == 200  # no longer listed
+    async with client.get(f"http://127.0.0.1:{sim.port}/health") as r:
+        assert r.status == 200  # a poison message says nothing about the backend's health
+    assert sim.ids == ["healthy", "toxic"]
+    assert sim.posts_for("poison") == 4
+    assert sim.received.rejected == 0  # only the reject mode's own 400s are counted there
+
+
+async def test_counts_health_probes_and_posts_per_id_including_failures(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    await post(client, sim, "a")
+    await post(client, sim, "a", attempt=2)  # a duplicate is a POST too
+    await sim.set_mode("error", status=500)
+    await post(client, sim, "a", attempt=3)
+    await post(client, sim, "b")
+    async with client.get(f"http://127.0.0.1:{sim.port}/health") as r:
+        assert r.status == 503  # counted whatever it answered
+    await sim.set_mode("up", fail_ids=frozenset({"c"}))
+    await post(client, sim, "c")
+    async with client.post(sim.url, data=XML, headers={"Content-Type": "application/xml"}) as r:
+        assert r.status == 400  # no id: counted in the total only
+    for url in (f"http://127.0.0.1:{sim.port}/health", sim.url):
+        async with client.get(url) as r:
+            assert r.status == 200
+
+    assert (sim.posts_for("a"), sim.posts_for("b"), sim.posts_for("c"), sim.posts_for("never")) == (3, 1, 1, 0)
+    assert sim.post_counts == {"a": 3, "b": 1, "c": 1}
+    assert (sim.posts, sim.health_hits) == (6, 3)
+    async with client.get(f"{sim.control_url}/_sim/state") as r:
+        state = await r.json()
+    assert (state["health_hits"], state["posts"]) == (3, 6)
+    assert state["mode"]["fail_ids"] == ["c"]
+    async with client.get(f"{sim.control_url}/_sim/posts") as r:
+        assert await r.json() == {"total": 6, "health_hits": 3, "by_id": {"a": 3, "b": 1, "c": 1}}
+    async with client.get(f"{sim.control_url}/_sim/posts", params={"id": "a"}) as r:
+        assert await r.json() == {"id": "a", "posts": 3}
+
+    async with client.post(f"{sim.control_url}/_sim/reset") as r:
+        assert r.status == 200
+    assert (sim.posts, sim.health_hits, sim.post_counts) == (0, 0, {})
+
+
+async def test_slow_posts_are_counted_when_they_arrive(client: aiohttp.ClientSession) -> None:
+    step = StepSleep()
+    async with Simulator(sleep=step) as sim:
+        await sim.set_mode("slow", delay_ms=1000)
+        request = asyncio.create_task(post(client, sim, "m"))
+        await step.next()  # the handler is asleep: the attempt was made, nothing recorded yet
+        assert (sim.posts_for("m"), sim.received.total) == (1, 0)
+        await sim.set_mode("down")  # killed mid-request, as a crash would: still an attempt
+        with pytest.raises(aiohttp.ClientError):
+            await request
+        assert (sim.posts_for("m"), sim.received.total) == (1, 0)
+
+
+async def test_control_api_sets_sick_mode_and_poison_ids(sim: Simulator, client: aiohttp.ClientSession) -> None:
+    payload = {"mode": "sick", "status": 502, "fail_ids": ["p1", "p2"], "fail_status": 400}
+    async with client.post(f"{sim.control_url}/_sim/mode", json=payload) as r:
+        assert r.status == 200
+        state = await r.json()
+    assert state["mode"] == {
+        "mode": "sick",
+        "status": 502,
+        "retry_after": None,
+        "delay_ms": 0,
+        "reject_types": [],
+        "flap_s": 5.0,
+        "fail_ids": ["p1", "p2"],
+        "fail_status": 400,
+    }
+    assert sim.mode == Mode("sick", status=502, fail_ids=frozenset({"p1", "p2"}), fail_status=400)
+    assert (await post(client, sim, "m"))[0] == 502
+    async with client.post(f"{sim.control_url}/_sim/mode", json={"mode": "up", "fail_ids": ["p1"]}) as r:
+        assert r.status == 200
+    assert (await post(client, sim, "p1"))[0] == 500
+    assert (await post(client, sim, "p2"))[0] == 200
+
+
 # --- control API validation and CLI ----------------------------------------------------------
 
 
@@ -290,6 +399,12 @@ async def test_flap_alternates_up_and_down_on_the_same_port(client: aiohttp.Clie
         ({"mode": "slow", "delay_ms": "fast"}, "delay_ms"),
         ({"mode": "reject", "reject_types": "CUSDEC"}, "reject_types"),
         ({"mode": "up", "colour": "red"}, "colour"),
+        ({"mode": "sick", "status": 200}, "status"),
+        ({"mode": "up", "fail_ids": "p1"}, "fail_ids"),
+        ({"mode": "up", "fail_ids": [1, 2]}, "fail_ids"),
+        ({"mode": "up", "fail_status": 200}, "fail_status"),
+        ({"mode": "up", "fail_status": "500"}, "fail_status"),
+        ({"mode": "up", "fail_id": ["p1"]}, "fail_id"),
         (["up"], "JSON object"),
     ],
 )
@@ -319,11 +434,23 @@ def test_cli_flags_build_the_starting_mode() -> None:
     assert (ns.port, ns.control_port, ns.host) == (0, 8082, "127.0.0.1")
 
 
+def test_cli_flags_build_sick_mode_with_poison_ids() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--mode", "sick", "--status", "502", "--fail-id", "P1", "--fail-id", "P2", "--fail-status", "400"]
+    assert mode_from_args(parser.parse_args(argv)) == Mode(
+        "sick", status=502, fail_ids=frozenset({"P1", "P2"}), fail_status=400
+    )
+    assert mode_from_args(parser.parse_args([])) == Mode()  # no poison ids, 500 when some are given
+
+
 def test_cli_refuses_a_bad_starting_mode(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert run(parser.parse_args(["--mode", "error", "--status", "200"])) == 2
     assert "status: 200 must be an integer 400-599" in capsys.readouterr().out
+    assert run(parser.parse_args(["--fail-id", "P1", "--fail-status", "302"])) == 2
+    assert "fail_status: 302 must be an integer 400-599" in capsys.readouterr().out
 
 
 async def test_command_line_serves_until_sigterm(client: aiohttp.ClientSession) -> None:
