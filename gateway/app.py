@@ -1,9 +1,10 @@
 """create_app(settings): the only place that builds and wires objects.
 
 Nothing is bound at import time. One lifecycle mechanism (aiohttp cleanup_ctx) starts the
-broker connection, the queue-depth poller and (role "all" or "delivery") the delivery
-workers, and stops them in reverse order on shutdown: delivery first, so in-flight
-deliveries finish (or are left unacked) while the broker connection is still there.
+broker (publisher) connection, the delivery workers with their own consumer connection
+(role "all" or "delivery") and the supervised queue-depth poller, and stops them in
+reverse order on shutdown: delivery first, so in-flight deliveries finish (or are left
+unacked) while the broker connection is still there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gateway.ingress import Ingress
 from gateway.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.problems import problem_middleware
 from gateway.routing import Router
+from gateway.supervise import spawn_supervised
 from gateway.validation import Validator
 
 Role = Literal["all", "ingress", "delivery"]
@@ -71,11 +73,13 @@ def create_app(
     app[VALIDATOR] = validator
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        if delivery is not None:
-            broker.on_connect(delivery.start)
         await broker.start()
+        if delivery is not None:
+            await delivery.start()  # its own connection; re-made after every loss, whoever started first
         after = (lambda: delivery.update_age_gauges(metrics)) if delivery is not None else None
-        poller = asyncio.create_task(broker.poll_depths(DEPTH_POLL_S, after), name="depth-poller")
+        poller = spawn_supervised(
+            "depth-poller", lambda: broker.poll_depths(DEPTH_POLL_S, after), metrics.task_restarts
+        )
         yield
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):

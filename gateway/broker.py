@@ -33,9 +33,10 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from gateway.config import Destination, Settings
-from gateway.errors import BrokerUnavailable
+from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
 from gateway.metrics import Metrics
+from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.broker")
 
@@ -113,7 +114,7 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Begin connecting in the background; the gateway serves (503) until it succeeds."""
-        self._task = asyncio.create_task(self._connect_loop(), name="broker-connect")
+        self._task = spawn_supervised("broker-connect", self._connect_loop, self.metrics.task_restarts)
 
     async def close(self) -> None:
         self._closing = True

@@ -27,7 +27,7 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -85,6 +85,7 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._changed_at = clock()
         self._failures = 0
+        self._failed_keys: set[Hashable] = set()
         self._opened_count = 0
         self._trial_taken = False
 
@@ -126,16 +127,33 @@ class CircuitBreaker:
         """The backend answered (2xx, or a permanent 4xx). Closes a half-open circuit."""
         if self._state is CircuitState.CLOSED:
             self._failures = 0
+            self._failed_keys.clear()
         elif self._state is CircuitState.HALF_OPEN:
             self._move(CircuitState.CLOSED)
 
-    def record_failure(self) -> None:
-        """A transient failure (refused, timeout, 5xx, 408, 429). May open the circuit."""
+    def record_failure(self, key: Hashable | None = None) -> None:
+        """A transient failure (refused, timeout, 5xx, 408, 429). May open the circuit.
+
+        `key` names the message that failed. Consecutive failures are counted once per
+        distinct key, so one poison message retrying on its own can never open the circuit
+        for everybody: it uses up its own attempts and is parked, while an outage, which
+        fails every message, opens the circuit after `failure_threshold` different ones.
+        Without a key every failure counts.
+        """
         if self._state is CircuitState.CLOSED:
+            if key is not None:
+                if key in self._failed_keys:
+                    return
+                self._failed_keys.add(key)
             self._failures += 1
             if self._failures >= self._threshold:
                 self._move(CircuitState.OPEN)
         elif self._state is CircuitState.HALF_OPEN:
+            self._move(CircuitState.OPEN)
+
+    def force_open(self) -> None:
+        """Open now, whatever the count: the health probe confirmed the backend is down."""
+        if self._state is not CircuitState.OPEN:
             self._move(CircuitState.OPEN)
 
     def probe_succeeded(self) -> None:
@@ -148,6 +166,7 @@ class CircuitBreaker:
         self._state = new
         self._changed_at = self._clock()
         self._failures = 0
+        self._failed_keys.clear()
         self._trial_taken = False
         if new is CircuitState.OPEN:
             self._opened_count += 1

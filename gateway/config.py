@@ -132,10 +132,11 @@ class MessageType:
 class Destination:
     """A backend and how to treat it during outages.
 
-    Times are seconds. `max_attempts` counts attempts while the circuit is closed; an open
-    circuit pauses the queue instead of burning attempts. `delivery_limit` is the quorum
-    queue's `x-delivery-limit`, set deliberately high: redeliveries only happen after a
-    worker crash or a circuit opening, never in a retry loop.
+    Times are seconds. `max_attempts` counts POSTs made while the backend was judged up
+    (circuit closed), across redeliveries; an open circuit holds the queue instead of
+    burning attempts, and a failed half-open trial does not count. `delivery_limit` is the
+    quorum queue's `x-delivery-limit`: the worker never requeues (it republishes with a
+    confirm), so only a lost channel (crash, broker restart) spends a delivery.
     """
 
     id: str
@@ -151,10 +152,14 @@ class Destination:
     failure_threshold: int = 5
     slow_start_s: float = 30.0
     delivery_limit: int = 1000
+    # Statuses of `health_url` that count as "up"; empty means any 2xx. Anything else
+    # (a 405 from a delivery URL, a load balancer's 404 page) keeps the circuit open.
+    health_ok_statuses: tuple[int, ...] = ()
 
-    @property
-    def probe_url(self) -> str:
-        return self.health_url or self.url
+    def is_healthy_status(self, status: int) -> bool:
+        if self.health_ok_statuses:
+            return status in self.health_ok_statuses
+        return 200 <= status <= 299
 
 
 @dataclass(frozen=True)
@@ -331,6 +336,17 @@ class _Reader:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(self.file, self.key(unknown[0]), "unknown key (a typo?)")
+
+
+def _statuses(r: _Reader, name: str) -> tuple[int, ...]:
+    """A list of HTTP status codes (100-599); empty when absent."""
+    r.used.add(name)
+    value = r.table.get(name, [])
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value
+    ):
+        raise ConfigError(r.file, r.key(name), f"expected a list of HTTP status codes (100-599), got {value!r}")
+    return tuple(value)
 
 
 def _ident(r: _Reader, name: str) -> str:
@@ -576,6 +592,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
             failure_threshold=d.positive("failure_threshold", int, Destination.failure_threshold),
             slow_start_s=d.get("slow_start_s", float, Destination.slow_start_s),
             delivery_limit=d.positive("delivery_limit", int, Destination.delivery_limit),
+            health_ok_statuses=_statuses(d, "health_ok_statuses"),
         )
         if dest.backoff_min_s > dest.backoff_max_s:
             raise ConfigError(file, d.key("backoff_min_s"), "must not exceed backoff_max_s")

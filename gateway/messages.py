@@ -51,6 +51,9 @@ class QueuedMessage:
     body: bytes
     test: bool = False
     parking: Parking | None = None
+    # POSTs that failed while the backend was judged up, carried across redeliveries (the
+    # worker republishes a message it hands back, with this count, instead of requeueing).
+    attempts: int = 0
 
     def to_amqp(self) -> aio_pika.Message:
         headers: dict[str, Any] = {
@@ -65,6 +68,8 @@ class QueuedMessage:
         }
         if self.correlation_id:
             headers[_H + "correlation-id"] = self.correlation_id
+        if self.attempts:
+            headers[_H + "attempts"] = self.attempts
         if self.parking is not None:
             p = self.parking
             headers.update(
@@ -91,7 +96,11 @@ class QueuedMessage:
         return replace(self, parking=parking)
 
     def unparked(self) -> QueuedMessage:
-        return replace(self, parking=None)
+        """For replay: a fresh start, its attempt count too (ops fixed whatever failed)."""
+        return replace(self, parking=None, attempts=0)
+
+    def with_attempts(self, attempts: int) -> QueuedMessage:
+        return replace(self, attempts=attempts)
 
     def http_headers(self, attempt: int) -> dict[str, str]:
         """What the backend receives next to the bytes, so it can deduplicate by message id."""
@@ -155,4 +164,10 @@ class QueuedMessage:
             body=body,
             test=bool(headers.get(_H + "test", False)),
             parking=parking,
+            attempts=_count(headers.get(_H + "attempts", 0)),
         )
+
+
+def _count(value: Any) -> int:
+    """A non-negative count from a header; anything else (a foreign or garbled header) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -166,6 +166,39 @@ class Metrics:
         self.paused = Gauge(
             "swgw_destination_paused", "1 while an operator has paused delivery.", ["destination"], registry=r
         )
+        self.consuming = Gauge(
+            "swgw_destination_consuming",
+            "1 while this replica holds a consumer on the destination's queue (0: paused, circuit open, "
+            "parking stuck, or the broker connection is down).",
+            ["destination"],
+            registry=r,
+        )
+        self.returned = Counter(
+            "swgw_delivery_returned_total",
+            "Messages handed back to the destination queue unsent or after failing (republished with a confirm, "
+            "so no delivery count is spent), by reason (circuit, trial_failed, stopping).",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.park_failures = Counter(
+            "swgw_park_failures_total",
+            "Attempts to park a message that got no broker confirm; the message is held and parking retried.",
+            ["destination"],
+            registry=r,
+        )
+        self.parking_stuck = Gauge(
+            "swgw_parking_stuck",
+            "1 while a destination holds a message it cannot park and has stopped consuming.",
+            ["destination"],
+            registry=r,
+        )
+        # supervision
+        self.task_restarts = Counter(
+            "swgw_background_task_restarts_total",
+            "Background tasks that raised and were restarted with backoff, by task.",
+            ["task"],
+            registry=r,
+        )
         # replay
         self.replayed = Counter(
             "swgw_replayed_messages_total",

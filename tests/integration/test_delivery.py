@@ -116,9 +116,11 @@ async def test_rejected_message_is_parked_with_reason_then_replayed(
     assert gw.metric("swgw_replayed_messages_total", {"destination": "vnaccs", "outcome": "replayed"}) == 5
 
 
-async def test_persistent_5xx_parks_after_max_attempts_when_circuit_stays_closed(
+async def test_a_message_failing_alone_is_an_outage_not_poison_it_waits_and_is_never_parked(
     tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object], sim: Simulator
 ) -> None:
+    # Every POST fails and no other message gets through: the gateway cannot tell this from
+    # an outage, so the message must wait (circuit open, in its queue), never be parked.
     doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim, failure_threshold=100, max_attempts=3)])
     settings = write_settings(tmp_path, doc)
     cleanup.append(settings)
@@ -126,11 +128,16 @@ async def test_persistent_5xx_parks_after_max_attempts_when_circuit_stays_closed
     async with run_gateway(settings) as gw:
         await gw.post(with_message_id(BODY, "X-1"))
         worker = gw.app[DELIVERY].workers["vnaccs"]
-        await until(lambda: worker.parked_total == 1, what="parked after max attempts")
-        parked = await get_all(Names(prefix).parking("vnaccs"), ack=False)
-        info = QueuedMessage.from_amqp(parked[0]).parking
-        assert info is not None
-        assert (info.reason, info.status, info.attempts) == ("max_attempts", 500, 3)
+        await until(lambda: worker.breaker.state.value == "open", what="circuit opened after max_attempts alone")
+        await until(lambda: worker.inflight == 0, what="message handed back to its queue")
+        queued = await get_all(Names(prefix).queue("vnaccs"), ack=False)
+        assert [QueuedMessage.from_amqp(m).attempts for m in queued] == [3]  # its attempts travel with it
+        assert worker.parked_total == 0
+        await sim.set_mode("up")
+        await sim.wait_for(1, timeout_s=20)
+        await until(lambda: worker.delivered_total == 1, what="delivered after recovery")
+    assert sim.ids == ["X-1"]
+    assert not await get_all(Names(prefix).parking("vnaccs"), ack=False)
 
 
 async def test_admin_api_needs_the_admin_token_and_pauses(gw: RunningGateway, sim: Simulator) -> None:

@@ -176,6 +176,48 @@ def test_after_reclosing_it_takes_a_full_threshold_to_open_again() -> None:
     assert b.state is CircuitState.CLOSED
 
 
+def test_one_message_failing_again_and_again_counts_once() -> None:
+    # A poison message retrying on its own must not open the circuit for everybody.
+    b, changes = breaker(threshold=3)
+    for _ in range(50):
+        b.record_failure("poison")
+    assert b.state is CircuitState.CLOSED
+    assert b.consecutive_failures == 1
+    assert changes == []
+
+
+def test_distinct_messages_failing_open_the_circuit() -> None:
+    b, changes = breaker(threshold=3)
+    b.record_failure("a")
+    b.record_failure("a")
+    b.record_failure("b")
+    assert b.state is CircuitState.CLOSED
+    b.record_failure("c")
+    assert b.state is CircuitState.OPEN
+    assert changes == [(CircuitState.CLOSED, CircuitState.OPEN)]
+
+
+def test_a_success_forgets_which_messages_failed() -> None:
+    b, _ = breaker(threshold=2)
+    b.record_failure("a")
+    b.record_success()
+    b.record_failure("a")
+    assert b.state is CircuitState.CLOSED
+    b.record_failure("b")
+    assert b.state is CircuitState.OPEN
+
+
+def test_force_open_opens_from_any_state_once() -> None:
+    b, changes = breaker(threshold=100)
+    b.force_open()
+    b.force_open()
+    assert b.state is CircuitState.OPEN
+    assert b.opened_count == 1
+    b.probe_succeeded()
+    b.force_open()
+    assert changes[-1] == (CircuitState.HALF_OPEN, CircuitState.OPEN)
+
+
 def test_probe_is_a_no_op_when_not_open() -> None:
     b, changes = breaker()
     b.probe_succeeded()

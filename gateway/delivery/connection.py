@@ -1,0 +1,126 @@
+"""The AMQP connection delivery consumes on: its own, and re-made by us, not by aio-pika.
+
+Why a connection of its own: during a memory or disk alarm RabbitMQ blocks every
+connection that publishes. If delivery shared the intake's connection, its acks would
+stall exactly when the queue most needs draining (RabbitMQ's guidance: separate
+connections for publishers and consumers). This connection never publishes: returns and
+parking go through the publisher's connection (`Broker.publish_to_queue`), so an alarm
+never blocks an ack.
+
+Why not aio-pika's robust connection: its channels restore only the queues and consumers
+that were declared through them, and a worker that also keeps consumer tags of its own
+ends up with two views of the truth after a reconnect (the bug behind "delivery never
+resumes after a broker reconnect"). Here there is one view: a plain connection, and a
+`generation` number that changes whenever a new one is up. A worker opens its channel on
+the current generation, and when that channel closes, for whatever reason, it starts over
+from nothing: new channel, new consumer. Nothing is restored behind its back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from gateway.config import Broker as BrokerSettings
+from gateway.errors import BrokerUnavailable
+
+log = logging.getLogger("swgw.delivery.connection")
+
+_CONNECT_ERRORS = (
+    TimeoutError,
+    ConnectionError,
+    OSError,
+    aiormq.exceptions.AMQPError,
+    RuntimeError,
+)
+
+
+class ConsumerConnection:
+    """One plain AMQP connection for every delivery worker of this process, kept up by `run()`."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.generation = 0
+        self._connection: AbstractConnection | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._changed = asyncio.Condition()
+        self._closing = False
+
+    @property
+    def up(self) -> bool:
+        conn = self._connection
+        return conn is not None and not conn.is_closed and self._lost is not None and not self._lost.done()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def wait_up(self) -> None:
+        """Wait until a connection is up, or until `close()`."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.up or self._closing)
+
+    async def channel(self, prefetch: int) -> AbstractChannel:
+        """A new channel with `prefetch` on the current connection (BrokerUnavailable if none)."""
+        conn = self._connection
+        if conn is None or not self.up:
+            raise BrokerUnavailable("The message broker is not connected.", retry_after_s=5)
+        channel = conn.channel(publisher_confirms=False)
+        await channel.initialize(timeout=self.settings.connect_timeout_s)
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def run(self) -> None:
+        """Connect, wait for the connection to be lost, connect again: for the process lifetime."""
+        b = self.settings
+        url = b.url.reveal()
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}heartbeat={b.heartbeat_s}&name=swgw-delivery"
+        while not self._closing:
+            try:
+                conn = await aio_pika.connect(url, timeout=b.connect_timeout_s)
+            except _CONNECT_ERRORS as exc:
+                log.warning(
+                    "delivery connection to the broker failed: %s; retrying in %.1fs",
+                    exc or type(exc).__name__,
+                    b.reconnect_interval_s,
+                    extra={"event": "delivery_connect_failed"},
+                )
+                await asyncio.sleep(b.reconnect_interval_s)
+                continue
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_close(*_: object, lost: asyncio.Future[None] = lost) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            conn.close_callbacks.add(on_close)
+            async with self._changed:
+                self._connection, self._lost = conn, lost
+                self.generation += 1
+                self._changed.notify_all()
+            log.info("delivery connection up (generation %d)", self.generation, extra={"event": "delivery_connected"})
+            try:
+                await lost
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if not self._closing:
+                log.warning("delivery connection lost; reconnecting", extra={"event": "delivery_disconnected"})
+                await asyncio.sleep(b.reconnect_interval_s)
+
+    async def close(self) -> None:
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+        conn, self._connection = self._connection, None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()

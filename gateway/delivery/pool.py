@@ -1,0 +1,87 @@
+"""All destination workers of this process, their shared consumer connection, and their states.
+
+`Delivery.start()` runs once, when the process starts, whether or not the broker is up:
+the consumer connection reconnects by itself and each worker re-establishes its own
+channel and consumer after every reconnect (worker.py). Nothing here depends on the
+publisher connection's reconnect callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.broker import Broker
+from gateway.config import Destination
+from gateway.delivery.connection import ConsumerConnection
+from gateway.delivery.worker import DestinationWorker
+from gateway.messages import iso
+from gateway.metrics import Metrics
+from gateway.supervise import spawn_supervised
+
+
+def _iso_unix(ts: float | None) -> str | None:
+    return iso(datetime.fromtimestamp(ts, UTC)) if ts is not None else None
+
+
+class Delivery:
+    """The pool: one consumer connection, one worker per destination."""
+
+    def __init__(self, destinations: tuple[Destination, ...], broker: Broker, metrics: Metrics) -> None:
+        self.broker = broker
+        self.metrics = metrics
+        self.connection = ConsumerConnection(broker.settings.broker)
+        self.workers = {d.id: DestinationWorker(d, broker, self.connection, metrics) for d in destinations}
+        self._connection_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._connection_task is not None:
+            return
+        self._connection_task = spawn_supervised("delivery-connection", self.connection.run, self.metrics.task_restarts)
+        for worker in self.workers.values():
+            await worker.start()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        await asyncio.gather(*(w.stop(timeout_s) for w in self.workers.values()))
+        await self.connection.close()
+        if self._connection_task is not None:
+            self._connection_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connection_task
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        depths = self.broker.depths
+        out: dict[str, dict[str, Any]] = {}
+        for dest_id, w in self.workers.items():
+            backlog, parked = depths.get(dest_id, (None, None))
+            out[dest_id] = {
+                "id": dest_id,
+                "state": w.state,
+                "consuming": w.consuming,
+                "circuit": w.breaker.state.value,
+                "paused": w.paused,
+                "backlog": backlog,
+                "parked": parked,
+                "inflight": w.inflight,
+                "delivered_total": w.delivered_total,
+                "parked_total": w.parked_total,
+                "last_delivery_at": _iso_unix(w.last_delivery_at),
+                "circuit_changed_at": _iso_unix(w.circuit_changed_at),
+                "rate_limit_per_s": round(w.ramp.rate, 1),
+                "concurrency_limit": w.ramp.concurrency,
+            }
+        return out
+
+    def update_age_gauges(self, metrics: Metrics) -> None:
+        """Oldest undelivered message age: in-flight or handed-back head; 0 when the queue is empty."""
+        now = time.time()
+        for dest_id, w in self.workers.items():
+            oldest = w.oldest_received_at()
+            backlog = self.broker.depths.get(dest_id, (0, 0))[0]
+            if oldest is not None:
+                metrics.oldest_age.labels(dest_id).set(max(0.0, now - oldest))
+            elif backlog == 0 and w.inflight == 0:
+                metrics.oldest_age.labels(dest_id).set(0)
