@@ -16,6 +16,9 @@ requests, so confirms pipeline across concurrent partners. `publish()` returns o
 the broker's ack; every other outcome (down, blocked by an alarm, nacked, unroutable, no
 confirm within `confirm_timeout_s`) raises BrokerUnavailable, which the partner sees as
 503 + Retry-After. aio-pika/aiormq exceptions are translated here and nowhere else.
+Intake publishes with `keep_waiting`: a confirm timeout still answers 503, but the publish
+goes on waiting for the broker's late answer, which gateway/dedup.py uses to settle the
+MessageId's claim (a late ack must not let the partner's retry queue a second copy).
 """
 
 from __future__ import annotations
@@ -92,6 +95,42 @@ def _is_blocked(connection: AbstractRobustConnection | None) -> bool:
     conn = getattr(transport, "connection", None)
     event = getattr(conn, "_Connection__connection_unblocked", None)
     return isinstance(event, asyncio.Event) and not event.is_set() and bool(getattr(conn, "is_opened", True))
+
+
+# publish_failures_total label for each BrokerUnavailable reason raised by _confirm
+_FAILURE_LABELS = {"broker_unroutable": "unroutable", "broker_nack": "nacked", "broker_unavailable": "disconnected"}
+
+
+async def _confirm(publishing: Awaitable[object], key: str, retry_after_s: int) -> None:
+    """Await one publish's confirm; aio-pika's answers other than an ack become BrokerUnavailable."""
+    try:
+        await publishing
+    except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue bound
+        raise BrokerUnavailable(
+            f"The broker has no queue for destination {key!r} (message returned unroutable); "
+            "nothing was queued. Operators: check the topology.",
+            reason="broker_unroutable",
+            retry_after_s=retry_after_s,
+        ) from exc
+    except aiormq.exceptions.DeliveryError as exc:  # Basic.Nack
+        raise BrokerUnavailable(
+            "The broker refused the message (nack); nothing was queued. Retry later.",
+            reason="broker_nack",
+            retry_after_s=retry_after_s,
+        ) from exc
+    except _CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(
+            "The broker connection failed during publishing; the message may not be queued. "
+            "Retry with the same MessageId.",
+            reason="broker_unavailable",
+            retry_after_s=retry_after_s,
+        ) from exc
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Done callback of an abandoned publish: read its exception so asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Broker:
@@ -223,16 +262,25 @@ class Broker:
             await cb()
 
     # -- publishing --------------------------------------------------------------------
-    async def publish(self, message: QueuedMessage) -> None:
-        """Publish to the destination's queue; return only after the broker confirmed it."""
-        await self._confirmed(self._exchange, message.to_amqp(), message.destination)
+    async def publish(self, message: QueuedMessage, *, keep_waiting: bool = False) -> None:
+        """Publish to the destination's queue; return only after the broker confirmed it.
+
+        Every failure raises BrokerUnavailable; no confirm within `confirm_timeout_s` raises
+        its subclass ConfirmTimeout. With `keep_waiting` (intake, which holds a dedup claim
+        on the id) the publish is not abandoned at the timeout: `ConfirmTimeout.outcome` is
+        the publish still waiting for the broker's answer, and the caller owns it (await it
+        bounded, or cancel it). Without it, a timed-out publish stops waiting for its confirm.
+        """
+        await self._confirmed(self._exchange, message.to_amqp(), message.destination, keep_waiting=keep_waiting)
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message) -> None:
         """Confirmed publish straight to a queue (parking, replay) via the default exchange."""
         channel = self._channel
         await self._confirmed(channel.default_exchange if channel else None, message, queue)
 
-    async def _confirmed(self, exchange: AbstractExchange | None, message: aio_pika.Message, key: str) -> None:
+    async def _confirmed(
+        self, exchange: AbstractExchange | None, message: aio_pika.Message, key: str, *, keep_waiting: bool = False
+    ) -> None:
         retry = self.settings.broker.retry_after_s
         if not self.ready or exchange is None:
             self.metrics.publish_failures.labels("disconnected").inc()
@@ -248,42 +296,39 @@ class Broker:
                 reason="broker_blocked",
                 retry_after_s=retry,
             )
+        timeout_s = self.settings.broker.confirm_timeout_s
         started = time.perf_counter()
+        confirm = _confirm(exchange.publish(message, routing_key=key, mandatory=True), key, retry)
+        outcome: asyncio.Task[None] | None = None
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps every publish in a Task of its own.
-            async with asyncio.timeout(self.settings.broker.confirm_timeout_s):
-                await exchange.publish(message, routing_key=key, mandatory=True)
+            if keep_waiting:
+                # A task of its own, so the confirm can outlive this request's wait; one per
+                # publish, only on the intake path (publish_to_queue stays task-free).
+                outcome = asyncio.create_task(confirm, name=f"publish-confirm-{key}")
+                try:
+                    done, _ = await asyncio.wait((outcome,), timeout=timeout_s)
+                except asyncio.CancelledError:
+                    outcome.cancel()  # a cancelled request gives the publish up, as without keep_waiting
+                    outcome.add_done_callback(_retrieve)
+                    raise
+                if not done:
+                    raise TimeoutError
+                outcome.result()
+            else:
+                # asyncio.timeout, not wait_for: wait_for wraps every publish in a Task of its own.
+                async with asyncio.timeout(timeout_s):
+                    await confirm
         except TimeoutError as exc:
             self.metrics.publish_failures.labels("timeout").inc()
-            raise BrokerUnavailable(
-                f"The broker did not confirm the message within {self.settings.broker.confirm_timeout_s:g}s; "
+            raise ConfirmTimeout(
+                f"The broker did not confirm the message within {timeout_s:g}s; "
                 "it may or may not have been queued. Retry with the same MessageId.",
-                reason="broker_timeout",
                 retry_after_s=retry,
+                outcome=outcome,
             ) from exc
-        except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue bound
-            self.metrics.publish_failures.labels("unroutable").inc()
-            raise BrokerUnavailable(
-                f"The broker has no queue for destination {key!r} (message returned unroutable); "
-                "nothing was queued. Operators: check the topology.",
-                reason="broker_unroutable",
-                retry_after_s=retry,
-            ) from exc
-        except aiormq.exceptions.DeliveryError as exc:  # Basic.Nack
-            self.metrics.publish_failures.labels("nacked").inc()
-            raise BrokerUnavailable(
-                "The broker refused the message (nack); nothing was queued. Retry later.",
-                reason="broker_nack",
-                retry_after_s=retry,
-            ) from exc
-        except _CONNECTION_ERRORS as exc:
-            self.metrics.publish_failures.labels("disconnected").inc()
-            raise BrokerUnavailable(
-                "The broker connection failed during publishing; the message may not be queued. "
-                "Retry with the same MessageId.",
-                reason="broker_unavailable",
-                retry_after_s=retry,
-            ) from exc
+        except BrokerUnavailable as exc:
+            self.metrics.publish_failures.labels(_FAILURE_LABELS.get(exc.reason, "disconnected")).inc()
+            raise
         self.metrics.publish_duration.observe(time.perf_counter() - started)
 
     # -- for delivery, replay and metrics ------------------------------------------------

@@ -198,7 +198,9 @@ class Dedup:
     `path` (sqlite) is relative to the config file; `dsn` (postgres) is a Secret, env
     `SWGW_DEDUP_DSN` overrides it. `table` defaults to `<broker.prefix>_dedup` (non
     [a-z0-9_] characters become `_`), so gateways with their own prefix keep their own ids.
-    `claim_timeout_s` must exceed `broker.confirm_timeout_s`; `timeout_s` bounds every store call.
+    `late_confirm_wait_s` bounds how long a publish whose confirm timed out is still awaited
+    in the background to settle its claim; `claim_timeout_s` must exceed
+    `broker.confirm_timeout_s + late_confirm_wait_s`. `timeout_s` bounds every store call.
     """
 
     backend: str = "sqlite"
@@ -207,6 +209,7 @@ class Dedup:
     table: str = "swgw_dedup"
     window_days: float = 7.0
     claim_timeout_s: float = 60.0
+    late_confirm_wait_s: float = 30.0
     purge_interval_s: float = 3600.0
     timeout_s: float = 2.0
     pool_size: int = 10
@@ -232,12 +235,14 @@ def _dedup(doc: Mapping[str, Any], file: str, base: Path, env: Mapping[str, str]
         )
     window_days = r.positive("window_days", float, Dedup.window_days)
     claim_timeout_s = r.positive("claim_timeout_s", float, Dedup.claim_timeout_s)
-    if claim_timeout_s <= broker.confirm_timeout_s:
+    late_confirm_wait_s = r.positive("late_confirm_wait_s", float, Dedup.late_confirm_wait_s)
+    if claim_timeout_s <= broker.confirm_timeout_s + late_confirm_wait_s:
         raise ConfigError(
             file,
             "dedup.claim_timeout_s",
-            f"{claim_timeout_s:g} must exceed broker.confirm_timeout_s ({broker.confirm_timeout_s:g}), "
-            "or a slow publish could be taken over and queued twice",
+            f"{claim_timeout_s:g} must exceed broker.confirm_timeout_s + dedup.late_confirm_wait_s "
+            f"({broker.confirm_timeout_s:g} + {late_confirm_wait_s:g}), or a publish whose confirm is still "
+            "awaited could be taken over and queued twice; raise it or lower dedup.late_confirm_wait_s",
         )
     on_error = r.get("on_store_error", str, Dedup.on_store_error)
     if on_error not in ("reject", "accept"):
@@ -249,6 +254,7 @@ def _dedup(doc: Mapping[str, Any], file: str, base: Path, env: Mapping[str, str]
         table=table,
         window_days=window_days,
         claim_timeout_s=claim_timeout_s,
+        late_confirm_wait_s=late_confirm_wait_s,
         purge_interval_s=r.positive("purge_interval_s", float, Dedup.purge_interval_s),
         timeout_s=r.positive("timeout_s", float, Dedup.timeout_s),
         pool_size=r.positive("pool_size", int, Dedup.pool_size),

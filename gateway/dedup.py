@@ -2,27 +2,39 @@
 
 Partners re-send when they are unsure (a timeout on their side, a retry after a 503, a
 batch re-sent after a long outage). The key is (sender, MessageId); an entry lives for
-`window_days` (default 7) after its receipt, then expires.
+`window_days` (default 7) after its receipt, then expires. Each entry keeps the SHA-256 of
+the exact body bytes first received under the id, so a re-send can be told from a reuse.
 
 The protocol around one publish (`Deduplicator.publish_once`)::
 
-    claim (sender, id) as "pending"  ──taken──▶ publish ──confirmed──▶ confirm: "queued" + receipt → 202
-      │ already "queued" → 200, the original receipt, `duplicate: true` (nothing is published)
+    claim (sender, id) as "pending" ──taken──▶ publish ──confirmed──▶ confirm: "queued" + receipt → 202
+      │ "queued", same body digest → 200, the original receipt, `duplicate: true` (nothing is published)
+      │ "queued", other body digest → 409 `message_id_reused` (nothing is published)
       │ "pending" (another request is publishing it right now) → 503 + Retry-After: 1
-      └ publish failed → release: delete the claim, the 503 stands, the partner's retry is accepted
+      ├ publish failed (down, blocked, nack, unroutable) → release: the 503 stands, the retry is accepted
+      └ no confirm within confirm_timeout_s → 503, but the claim is kept and the publish keeps
+        waiting in the background (at most `late_confirm_wait_s`): a late ack records "queued"
+        (the retry gets 200 + receipt), a late nack/return/lost connection releases the claim
 
 Honest guarantees:
 - Two simultaneous posts of the same id: exactly one is published; the other gets a 503
-  (`duplicate_in_flight`) and, on retry, the 200 duplicate receipt.
+  (`duplicate_in_flight`) and, on retry, the 200 duplicate receipt, or 409 if its body differs.
+  Never two 202s for one id.
+- A body that differs (by SHA-256 of the bytes received, so whitespace counts) from the one
+  accepted under the same id gets 409 `message_id_reused`; the first message stands. Entries
+  written before the digest was stored have no digest: they answer 200 duplicate, never 409.
 - A publish that is not confirmed is never recorded as seen. After a confirm *timeout* the
-  broker may still have queued the message; the claim is released anyway, so the partner's
-  retry is queued again and the backend sees the id twice (delivery is at-least-once and
-  backends deduplicate by the X-Message-Id header).
-- A gateway that dies between the broker's confirm and the store update (or whose store
-  update fails) leaves a "pending" claim that nobody answered 202 for. After
-  `claim_timeout_s` it is stale: the next post of that id takes it over and is queued
-  again (one extra delivery, same id). `claim_timeout_s` must exceed the broker's
-  confirm timeout, so a slow but live publish is never taken over.
+  claim is kept while the broker's answer is awaited: the partner's retries get 503
+  `duplicate_in_flight` until it comes. A late ack records the id as queued, so the retry
+  gets 200 and the message is queued once. A late nack or return releases the claim and
+  the retry is queued. A connection lost before the answer also releases it, although the
+  broker may have queued the message: that retry can be queued twice (same X-Message-Id).
+- No answer within `late_confirm_wait_s`, a gateway stopped while waiting, or one that dies
+  between the broker's confirm and the store update (or whose store update fails) leaves a
+  "pending" claim. After `claim_timeout_s` it is stale: the next post of that id takes it
+  over and is queued again (at worst one extra delivery, same id). The config insists on
+  `claim_timeout_s` > `broker.confirm_timeout_s` + `late_confirm_wait_s`, so a claim whose
+  outcome is still being awaited is never taken over.
 - When the store itself is unreachable, `on_store_error = "reject"` (default) answers 503
   like a broker outage; `"accept"` queues without the duplicate check and logs it.
 
@@ -38,6 +50,7 @@ Backends (`[dedup] backend`):
   down and every request answers per `on_store_error` until it is back (the pool reconnects
   on demand).
 - `"none"`: no duplicate check (every post is queued).
+Both SQL stores add the `digest` column to a table created by an earlier version.
 
 This module holds the policy, the store Protocol and its value types; the stores are
 `dedup_sqlite.py` and `dedup_postgres.py`.
@@ -50,7 +63,6 @@ NTP-synchronised; skew only shifts expiry by the skew. Expired entries are ignor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -59,7 +71,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import Dedup
-from gateway.errors import IngressError
+from gateway.errors import BrokerUnavailable, ConfirmTimeout, IngressError
 from gateway.messages import QueuedMessage
 
 log = logging.getLogger("swgw.dedup")
@@ -73,6 +85,14 @@ class DuplicateInFlight(IngressError):
     status = 503
     title = "Duplicate in flight"
     reason = "duplicate_in_flight"
+
+
+class MessageIdReused(IngressError):
+    """The id was already accepted from this sender with a different body; nothing was queued."""
+
+    status = 409
+    title = "MessageId already used"
+    reason = "message_id_reused"
 
 
 class DedupUnavailable(IngressError):
@@ -119,10 +139,14 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Seen:
-    """Already queued within the window. `digest` is the sha256 of the first body."""
+    """Already queued within the window.
+
+    `digest` is the hex SHA-256 of the first body, or None for an entry written before
+    digests were stored (its content is unknown, so a re-send is never called a conflict).
+    """
 
     receipt: Receipt
-    digest: str
+    digest: str | None
 
 
 @dataclass(frozen=True)
@@ -178,7 +202,18 @@ class Limits:
 # --- the policy around a publish ------------------------------------------------------------------
 
 
-Publish = Callable[[QueuedMessage], Awaitable[None]]
+class Publish(Protocol):
+    """`Broker.publish`: returns after the broker's ack, raises BrokerUnavailable otherwise.
+
+    With `keep_waiting=True` a confirm timeout raises ConfirmTimeout whose `outcome` is the
+    publish still awaiting the broker's answer; the Deduplicator then owns it.
+    """
+
+    def __call__(self, message: QueuedMessage, /, *, keep_waiting: bool = False) -> Awaitable[None]: ...
+
+
+# How a claim whose confirm timed out was settled (swgw_dedup_late_outcomes_total{outcome}).
+LATE_OUTCOMES = ("queued", "released", "expired", "cancelled", "error")
 
 
 class Deduplicator:
@@ -187,6 +222,10 @@ class Deduplicator:
     `store` is None for `backend = "none"`: every message is published, nothing recorded.
     `on_store_error` is "reject" (503, nothing queued) or "accept" (publish unchecked).
     `purge_interval_s` is how often expired entries are deleted; they are ignored at once.
+    `late_confirm_wait_s` (default 30) bounds how long a publish whose confirm timed out is
+    still awaited in the background to settle its claim; `close()` cancels those waits.
+    `on_error(operation)` counts store failures; `on_late(outcome)` counts how each of those
+    background waits ended, one of LATE_OUTCOMES.
     """
 
     def __init__(
@@ -196,14 +235,20 @@ class Deduplicator:
         on_store_error: str = "reject",
         purge_interval_s: float = 3600.0,
         retry_after_s: int = 5,
+        late_confirm_wait_s: float = 30.0,
         on_error: Callable[[str], None] = lambda operation: None,
+        on_late: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.store = store
         self.on_error = on_error  # counts store failures by operation (metrics)
+        self.on_late = on_late  # counts late outcomes (metrics)
         self.on_store_error = on_store_error
         self.purge_interval_s = purge_interval_s
         self.retry_after_s = retry_after_s
+        self.late_confirm_wait_s = late_confirm_wait_s
         self._purger: asyncio.Task[None] | None = None
+        self._settling: dict[asyncio.Task[None], asyncio.Task[None]] = {}  # settle task -> awaited publish
+        self._closed = False
 
     @classmethod
     def from_settings(
@@ -213,6 +258,7 @@ class Deduplicator:
         retry_after_s: int = 5,
         clock: Clock = time.time,
         on_error: Callable[[str], None] = lambda operation: None,
+        on_late: Callable[[str], None] = lambda outcome: None,
     ) -> Deduplicator:
         # Imported here, not at the top: the store modules import this one for their types,
         # and a gateway on SQLite (or a delivery-only process) never loads asyncpg.
@@ -232,8 +278,20 @@ class Deduplicator:
             on_store_error=settings.on_store_error,
             purge_interval_s=settings.purge_interval_s,
             retry_after_s=retry_after_s,
+            late_confirm_wait_s=settings.late_confirm_wait_s,
             on_error=on_error,
+            on_late=on_late,
         )
+
+    @property
+    def unsettled(self) -> int:
+        """Claims whose confirm timed out and whose late answer is still awaited."""
+        return len(self._settling)
+
+    async def settled(self) -> None:
+        """Return once every background wait started so far has ended (tests, drains)."""
+        if self._settling:
+            await asyncio.wait(list(self._settling))
 
     async def start(self) -> None:
         if self.store is None:
@@ -246,10 +304,20 @@ class Deduplicator:
         self._purger = asyncio.create_task(self._purge_loop(), name="dedup-purge")
 
     async def close(self) -> None:
+        """Stop the purge timer and every background wait, then close the store.
+
+        A wait cancelled here leaves its claim pending: the outcome is unknown, so the id is
+        accepted again only once the claim is stale (`claim_timeout_s`).
+        """
+        self._closed = True
+        # Cancel the awaited publishes, not the settle tasks: each one then logs and counts its
+        # end ("cancelled"), even one that had not started running yet.
+        for outcome in self._settling.values():
+            outcome.cancel()
         if self._purger is not None:
             self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        tasks = [*self._settling, *([self._purger] if self._purger is not None else [])]
+        await asyncio.gather(*tasks, return_exceptions=True)  # only cancellations: settles never raise
         if self.store is not None:
             await self.store.close()
 
@@ -269,7 +337,8 @@ class Deduplicator:
         """Publish `message` unless its (sender, id) was queued already; return the receipt to send.
 
         A returned receipt with `duplicate=True` was not published now. Raises the publish's
-        own error (the claim released first), DuplicateInFlight or DedupUnavailable.
+        own error (the claim released first, or, after a confirm timeout, kept and settled
+        in the background), MessageIdReused, DuplicateInFlight or DedupUnavailable.
         """
         receipt = Receipt(message.message_id, message.destination, message.received_at)
         if self.store is None:
@@ -295,28 +364,42 @@ class Deduplicator:
                 retry_after_s=self.retry_after_s,
             ) from exc
         if isinstance(result, Seen):
-            if result.digest != digest:
-                log.warning(
-                    "MessageId %s re-sent by %s with different content; the first copy stands",
-                    message.message_id,
-                    message.sender,
-                    extra={"event": "duplicate_conflict", "message_id": message.message_id},
+            if result.digest is not None and result.digest != digest:
+                first = result.receipt
+                raise MessageIdReused(
+                    f"MessageId {message.message_id!r} from {message.sender!r} was already used for different "
+                    f"content: a message with that id was accepted at {first.received_at} (destination "
+                    f"{first.destination!r}) and its body's SHA-256 differs from this one's. The first message "
+                    "stands and this one was not queued; send a changed message under a new MessageId."
                 )
             return result.receipt
         if isinstance(result, InFlight):
             raise DuplicateInFlight(
                 f"A message with MessageId {message.message_id!r} from {message.sender!r} is being queued by "
-                "another request right now; retry in a moment to get its receipt.",
+                "another request right now (or the broker's answer to it is still awaited); retry in a moment "
+                "to get its receipt.",
                 retry_after_s=1,
             )
         try:
-            await publish(message)
+            await publish(message, keep_waiting=True)
+        except ConfirmTimeout as exc:
+            if exc.outcome is None:  # nothing left to wait for: the outcome stays unknown
+                await asyncio.shield(self._release(result))
+            else:
+                self._settle_later(result, receipt, exc.outcome)
+            raise
         except BaseException:
             # Not confirmed → not seen. Shielded: a cancelled request must still let go.
             await asyncio.shield(self._release(result))
             raise
+        await self._record(result, receipt)
+        return receipt
+
+    async def _record(self, claim: Claimed, receipt: Receipt) -> bool:
+        """Mark the claim queued after the broker's ack; False (logged, counted) if that failed."""
+        assert self.store is not None
         try:
-            owned = await self.store.confirm(result, receipt)
+            owned = await self.store.confirm(claim, receipt)
         except StoreError as exc:
             self.on_error("confirm")
             owned, why = False, str(exc)
@@ -327,13 +410,13 @@ class Deduplicator:
             # is missing, which at worst lets a later re-send through once more.
             log.warning(
                 "queued %s but could not record it as seen: %s",
-                message.message_id,
+                claim.message_id,
                 why,
-                extra={"event": "dedup_confirm_failed", "message_id": message.message_id},
+                extra={"event": "dedup_confirm_failed", "message_id": claim.message_id},
             )
-        return receipt
+        return owned
 
-    async def _release(self, claim: Claimed) -> None:
+    async def _release(self, claim: Claimed) -> bool:
         assert self.store is not None
         try:
             await self.store.release(claim)
@@ -345,3 +428,80 @@ class Deduplicator:
                 exc,
                 extra={"event": "dedup_release_failed", "message_id": claim.message_id},
             )
+            return False
+        return True
+
+    # --- after a confirm timeout: keep the claim until the broker's answer is known ---------------
+
+    def _settle_later(self, claim: Claimed, receipt: Receipt, outcome: asyncio.Task[None]) -> None:
+        if self._closed:  # stopping: nobody would wait for it; the claim goes stale
+            outcome.cancel()
+            self.on_late("cancelled")
+            return
+        task = asyncio.create_task(self._settle(claim, receipt, outcome), name=f"dedup-settle-{claim.message_id}")
+        self._settling[task] = outcome
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._settling.pop(task, None)
+
+    async def _settle(self, claim: Claimed, receipt: Receipt, outcome: asyncio.Task[None]) -> None:
+        """Await a timed-out publish's late answer (bounded) and settle its claim with it.
+
+        Never raises except on cancellation: every ending is logged and counted in on_late.
+        """
+        ended = "error"
+        extra = {"message_id": claim.message_id, "partner": claim.sender, "destination": receipt.destination}
+        try:
+            try:
+                # The timeout cancels the awaited publish as well: it is never left running.
+                async with asyncio.timeout(self.late_confirm_wait_s):
+                    await outcome
+            except TimeoutError:
+                ended = "expired"
+                log.warning(
+                    "no answer from the broker for %s within %gs after its confirm timed out; the claim stays "
+                    "pending and the id is accepted again after the claim timeout",
+                    claim.message_id,
+                    self.late_confirm_wait_s,
+                    extra={"event": "late_confirm_expired", **extra},
+                )
+                return
+            except BrokerUnavailable as exc:
+                if await self._release(claim):
+                    ended = "released"
+                log.info(
+                    "late answer for %s: not queued (%s); claim released, a retry will be accepted",
+                    claim.message_id,
+                    exc.reason,
+                    extra={"event": "late_confirm_failed", **extra},
+                )
+                return
+            if await self._record(claim, receipt):
+                ended = "queued"
+                log.info(
+                    "late confirm for %s: recorded as queued; a retry gets the receipt",
+                    claim.message_id,
+                    extra={"event": "late_confirm", **extra},
+                )
+        except asyncio.CancelledError:
+            ended = "cancelled"
+            log.warning(
+                "stopped waiting for the broker's answer on %s (gateway stopping); the claim stays pending "
+                "until the claim timeout",
+                claim.message_id,
+                extra={"event": "late_confirm_cancelled", **extra},
+            )
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # this task itself was cancelled, not only the publish
+                raise
+        except Exception:
+            # An unexpected answer (not an ack, not a BrokerUnavailable): the outcome is unknown,
+            # so the claim is left to go stale. Logged with its traceback, counted as "error".
+            log.exception(
+                "settling the claim on %s after a confirm timeout failed",
+                claim.message_id,
+                extra={"event": "late_confirm_error", **extra},
+            )
+        finally:
+            self.on_late(ended)

@@ -81,7 +81,29 @@ class PostgresStore:
                 # on the catalog, and the table exists; anything else is a real failure.
                 if not isinstance(exc.__cause__, asyncpg.UniqueViolationError):
                     raise
+            await self._add_digest_column()
             self._schema_ready = True
+
+    async def _add_digest_column(self) -> None:
+        """Migrate a table from before body digests were stored: add the column, NULL = unknown.
+
+        Looked up first, so a current table costs no ALTER (and no exclusive lock) at start-up.
+        """
+        present = await self._call(
+            lambda c: c.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1::text) "
+                "AND attname = 'digest' AND NOT attisdropped)",
+                f'"{self.table}"',
+            )
+        )
+        if present:
+            return
+        try:
+            await self._execute(f'ALTER TABLE "{self.table}" ADD COLUMN IF NOT EXISTS digest text')
+        except StoreError as exc:
+            # Two replicas migrating at once: the loser may trip over the winner's column.
+            if not isinstance(exc.__cause__, asyncpg.DuplicateColumnError | asyncpg.UniqueViolationError):
+                raise
 
     async def _execute(self, query: str, *args: Any) -> str:
         result: str = await self._call(lambda c: c.execute(query, *args))

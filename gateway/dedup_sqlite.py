@@ -15,6 +15,27 @@ from gateway.config import Dedup
 from gateway.dedup import PURGE_BATCH, Claimed, ClaimResult, Clock, InFlight, Limits, Receipt, Seen, StoreError
 
 
+def _add_digest_column(db: sqlite3.Connection, table: str) -> None:
+    """Migrate a table from before body digests were stored: add the column, NULL = unknown.
+
+    Checked again under the write lock, so two processes starting at once do not both add it.
+    """
+
+    def missing() -> bool:
+        return "digest" not in {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+
+    if not missing():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if missing():
+            db.execute(f'ALTER TABLE "{table}" ADD COLUMN digest TEXT')
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class SqliteStore:
     """Seen ids in a local SQLite file (gateway/dedup.py says when that is enough).
 
@@ -54,6 +75,7 @@ class SqliteStore:
             "PRIMARY KEY (sender, message_id))"
         )
         db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_at" ON "{t}" (at)')
+        _add_digest_column(db, t)
         self._db = db
 
     def _locked(self, fn: Callable[[], Any]) -> Any:

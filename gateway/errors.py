@@ -13,7 +13,9 @@ GatewayError
 │   ├── InvalidMessage        422    schema / rule problems (carries the problems list)
 │   ├── RateLimited           429    carries Retry-After
 │   ├── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
-│   └── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
+│   │   └── ConfirmTimeout    503    no confirm within broker.confirm_timeout_s (may still be queued)
+│   ├── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
+│   └── (gateway/dedup.py)           MessageIdReused 409, DuplicateInFlight 503, DedupUnavailable 503
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
     └── PermanentDeliveryError       park now (other 4xx)
@@ -25,6 +27,7 @@ translation point (`problems.py`) needs no per-class code.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,6 +151,24 @@ class BrokerUnavailable(IngressError):
     status = 503
     title = "Broker unavailable"
     reason = "broker_unavailable"
+
+
+class ConfirmTimeout(BrokerUnavailable):
+    """The broker did not confirm within `broker.confirm_timeout_s`: the message may or may not be queued.
+
+    `outcome`, when not None, is the publish still waiting for the broker's late answer: it
+    ends with None on a late ack and raises BrokerUnavailable on a late nack, return or lost
+    connection. Whoever catches this error owns `outcome` and must await it (bounded) or
+    cancel it; gateway/dedup.py settles the MessageId's claim with it.
+    """
+
+    reason = "broker_timeout"
+
+    def __init__(
+        self, detail: str, *, retry_after_s: int | None = None, outcome: asyncio.Task[None] | None = None
+    ) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s)
+        self.outcome = outcome
 
 
 class Overloaded(IngressError):

@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.broker import Broker
 from gateway.config import Partner, Settings
-from gateway.dedup import Deduplicator
+from gateway.dedup import Deduplicator, MessageIdReused
 from gateway.errors import (
     Forbidden,
     IngressError,
@@ -63,6 +63,9 @@ class Ingress:
         self.limiter = PartnerRateLimiter(self.settings.partners)
         self.gate = ConcurrencyGate(self.settings.server.max_concurrency)
         self.signatures = SignatureVerifier(self.settings.partners, config_file=str(self.settings.path))
+        # How claims kept after a confirm timeout were settled (gateway/dedup.py). Wired here
+        # because the Deduplicator reaches us already built and this object owns the metrics.
+        self.dedup.on_late = lambda outcome: self.metrics.dedup_late_outcomes.labels(outcome).inc()
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -72,7 +75,9 @@ class Ingress:
                 response = await self._accept(request, labels)
         except IngressError as exc:
             self.metrics.ingest_rejections.labels(labels[0], labels[1], str(exc.status), exc.reason).inc()
-            self.metrics.ingest_messages.labels(labels[0], labels[1], "rejected").inc()
+            # A reused MessageId is counted apart: the partner's sender has a bug, not a bad document.
+            outcome = "conflict" if isinstance(exc, MessageIdReused) else "rejected"
+            self.metrics.ingest_messages.labels(labels[0], labels[1], outcome).inc()
             if exc.status == 401:
                 self.metrics.auth_failures.labels(exc.reason).inc()
             if exc.status == 422 or exc.reason in ("malformed_xml", "doctype_forbidden", "not_envelope"):

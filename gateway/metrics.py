@@ -36,7 +36,8 @@ class Metrics:
         # ingest
         self.ingest_messages = Counter(
             "swgw_ingest_messages_total",
-            "Messages received, by partner, message type and outcome (accepted, rejected, duplicate).",
+            "Messages received, by partner, message type and outcome (accepted, rejected, duplicate, "
+            "conflict: a MessageId already used for a different body, answered 409).",
             ["partner", "message_type", "outcome"],
             registry=r,
         )
@@ -219,6 +220,17 @@ class Metrics:
         )
         for op in ("claim", "confirm", "release", "purge"):
             self.dedup_store_errors.labels(op)
+        self.dedup_late_outcomes = Counter(
+            "swgw_dedup_late_outcomes_total",
+            "Publishes whose confirm timed out (the partner got 503) and whose claim was kept while the broker's "
+            "answer was awaited, by how that ended: queued (late ack, recorded), released (late nack, return or "
+            "lost connection), expired (no answer within late_confirm_wait_s), cancelled (gateway stopping), "
+            "error (store failure or unexpected answer; logged). The last three leave the claim until it is stale.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("queued", "released", "expired", "cancelled", "error"):
+            self.dedup_late_outcomes.labels(outcome)
 
 
 async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:
