@@ -49,8 +49,8 @@ async def test_delivery_resumes_after_the_broker_connection_drops(
             await until(lambda: not worker.consuming, what="consumer gone with the connection")
             await proxy.start()  # the broker is back on the same address
             await until(lambda: worker.consuming, timeout_s=30, what=f"consuming again after reconnect {round_}")
-            ids = await _post_when_ready(gw, 5, f"R{round_ + 2}")
-            await until(lambda: set(ids) <= set(sim.ids), timeout_s=30, what="delivered after reconnect")
+            wanted = set(await _post_when_ready(gw, 5, f"R{round_ + 2}"))
+            await until(lambda w=wanted: w <= set(sim.ids), timeout_s=30, what="delivered after reconnect")
         assert worker.state == "closed"
     await proxy.cut()
 
@@ -62,7 +62,7 @@ async def _post_when_ready(gw, n: int, prefix: str) -> list[str]:  # type: ignor
     ids = [f"{prefix}-{i}" for i in range(n)]
     for mid in ids:
         async with asyncio.timeout(30):
-            while (await gw.post(with_message_id(CUSDEC_BODY, mid)))[0] != 202:
+            while (await gw.post(with_message_id(CUSDEC_BODY, mid)))[0] != 202:  # noqa: ASYNC110 - HTTP retries
                 await asyncio.sleep(0.1)
     return ids
 
@@ -122,7 +122,8 @@ async def test_a_failed_park_holds_the_message_instead_of_posting_it_in_a_loop(
             await until(lambda: gw.metric("swgw_park_failures_total", {"destination": "vnaccs"}) >= 3, timeout_s=30,
                         what="three failed parks")  # fmt: skip
             assert sim.posts_for("K-00000") == 1, "re-POSTed a message the backend had rejected"
-            assert worker.state == "parking_stuck" and not worker.consuming
+            assert worker.state == "parking_stuck"
+            assert not worker.consuming
             assert gw.metric("swgw_parking_stuck", {"destination": "vnaccs"}) == 1
             await channel.declare_queue(names.parking("vnaccs"), durable=True, arguments=PARKING_ARGUMENTS)
             await until(lambda: worker.parked_total == 1, timeout_s=60, what="parked once the queue is back")
