@@ -115,6 +115,7 @@ class DestinationWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._run_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._topology_seen = False
         d = dest.id
         for outcome in OUTCOMES:
             metrics.deliveries.labels(d, outcome)
@@ -200,7 +201,9 @@ class DestinationWorker:
 
     async def _run(self) -> None:
         """For the process lifetime: a channel per connection, and the consumer kept as wanted."""
-        await self.broker.connected.wait()  # the topology is declared by the publisher side, once
+        if not self._topology_seen:  # the publisher side declares the queues; wait for that once
+            await self.broker.connected.wait()
+            self._topology_seen = True
         while not self._stopping:
             await self.connection.wait_up()
             if self.connection.closing:
