@@ -36,6 +36,11 @@ def test_example_configs_load() -> None:
         (lambda d: d["destinations"][0].update(timout_s=3), "destinations[0].timout_s", "unknown key"),
         (lambda d: d["destinations"][0].update(url="ftp://x"), "destinations[0].url", "not an http"),
         (
+            lambda d: d["destinations"][0].update(health_ok_statuses=[200, 700]),
+            "destinations[0].health_ok_statuses",
+            "HTTP status codes",
+        ),
+        (
             lambda d: d["destinations"][0].update(backoff_min_s=9, backoff_max_s=1),
             "destinations[0].backoff_min_s",
             "must not exceed",

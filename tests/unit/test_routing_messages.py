@@ -60,6 +60,16 @@ def test_parking_headers_round_trip_and_unpark_keeps_the_body() -> None:
     assert back.body == b"<x/>"
 
 
+def test_attempts_travel_with_a_handed_back_message_and_replay_starts_afresh() -> None:
+    m = msg().with_attempts(5)
+    back = QueuedMessage.from_parts(m.to_amqp().body, m.to_amqp().headers)
+    assert back.attempts == 5
+    assert back.unparked().attempts == 0
+    assert "x-swgw-attempts" not in msg().to_amqp().headers  # no header while there is nothing to count
+    for garbage in ("7", -3, True, None, 2.5):  # a foreign or garbled header counts as no attempts
+        assert QueuedMessage.from_parts(b"<x/>", {**m.to_amqp().headers, "x-swgw-attempts": garbage}).attempts == 0
+
+
 def test_dead_lettered_message_reads_as_parked() -> None:
     m = msg().to_amqp()
     headers = dict(m.headers)
