@@ -1,4 +1,6 @@
-"""Drill fixtures: one private RabbitMQ node per drill module (a start costs ~5 s).
+"""Drill fixtures: one private RabbitMQ node per drill module (a start costs ~5 s), the backend
+simulator in the test's loop, and `drill(**destination)` that builds a `Drill` and stops its
+processes and deletes its queues afterwards.
 
 The node is never the shared broker on 5672: drills kill it, restart it and fill its memory
 watermark. Missing rabbitmq-server skips locally and fails in CI, like the shared broker.
@@ -7,10 +9,15 @@ watermark. Missing rabbitmq-server skips locally and fails in CI, like the share
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.simulator import Simulator
+from tests.drills import queues
+from tests.drills.harness import Drill
 from tests.rabbit_node import RabbitNode, rabbitmq_sbin
 
 
@@ -25,3 +32,27 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     print(f"drill node {node.name} on 127.0.0.1:{node.port} ready in {took:.1f}s")
     yield node
     node.remove()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator() as s:
+        yield s
+
+
+@pytest.fixture
+async def drill(
+    rabbit_node: RabbitNode, sim: Simulator, tmp_path: Path, prefix: str
+) -> AsyncIterator[Callable[..., Drill]]:
+    made: list[Drill] = []
+
+    def make(**dest: Any) -> Drill:
+        d = Drill(rabbit_node, sim, tmp_path, prefix, **dest)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+    if made and rabbit_node.running:
+        await queues.drop(rabbit_node.url, prefix)

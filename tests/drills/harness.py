@@ -1,14 +1,18 @@
 """Drill plumbing: a gateway as a real `swgw serve` process, the partner load in another process,
-and the count at the end (lost = 202'd but never arrived; duplicates = arrivals beyond one).
+the backend simulator, and the count at the end (lost = 202'd but never arrived; duplicates =
+arrivals beyond one).
 
-Everything waits on a condition with a deadline (process ready, N answers seen); nothing
-sleeps a fixed time.
+`Drill` ties one drill's pieces together (gateways, loads, simulator, node) and stops them
+at the end; `FaultCount` is the fault matrix's end-of-drill count and verdict. Everything
+waits on a condition with a deadline (`until`, `LoadGen.wait_until`); nothing sleeps a
+fixed time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -16,14 +20,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.helpers import ROOT, SCHEMAS, TOKEN, config_doc, to_toml
+from gateway.broker import Names
+from gateway.simulator import Simulator
+from tests.drills import queues
+from tests.drills.queues import Parked
+from tests.helpers import ROOT, SCHEMAS, TOKEN, config_doc, free_port, to_toml
+from tests.rabbit_node import RabbitNode
 
 TEMPLATE = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))[0]
 Record = dict[str, Any]
@@ -121,12 +130,16 @@ class GatewayProcess:
 class LoadGen:
     """Drives tests/drills/loadgen.py in a child process and reads its record."""
 
-    def __init__(self, url: str, out: Path, *, id_prefix: str, rate: float = 30.0, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, url: str, out: Path, *, id_prefix: str, rate: float = 30.0, timeout_s: float = 15.0, count: int = 0
+    ) -> None:
+        """`count` > 0: post that many messages, then exit by itself (0: until stopped)."""
         self.out = out
         self.args = [
             sys.executable, "-m", "tests.drills.loadgen",
             "--url", f"{url}/v1/messages", "--token", TOKEN, "--template", str(TEMPLATE),
             "--out", str(out), "--id-prefix", id_prefix, "--rate", str(rate), "--timeout-s", str(timeout_s),
+            "--count", str(count),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -146,10 +159,12 @@ class LoadGen:
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
-                    if predicate(self.records()):
+                    exited = self.proc is not None and self.proc.poll() is not None
+                    if predicate(self.records()):  # read after the exit check: a finished run wrote everything
                         return
-                    if self.proc is not None and self.proc.poll() is not None:
-                        raise RuntimeError(f"load generator exited {self.proc.returncode}")
+                    if exited:
+                        assert self.proc is not None
+                        raise RuntimeError(f"load generator exited {self.proc.returncode}: {summary(self.records())}")
                     await asyncio.sleep(0.1)
         except TimeoutError:
             raise AssertionError(f"{what}: not within {timeout_s:g}s; {summary(self.records())}") from None
@@ -214,3 +229,274 @@ def started_between(records: Iterable[Record], start: float, end: float) -> list
 
 def now() -> float:
     return time.time()
+
+
+def count_status(records: Iterable[Record], status: int, *, after: float = 0.0) -> int:
+    """Answers with `status` among requests started after wall-clock `after`."""
+    return sum(1 for r in records if r["status"] == status and r["ts"] >= after)
+
+
+Check = Callable[[], bool | Awaitable[bool]]
+
+
+async def until(
+    what: str, check: Check, timeout_s: float, *, every_s: float = 0.1, detail: Callable[[], str] | None = None
+) -> None:
+    """Poll `check` (plain or async) until it is true; AssertionError naming `what` at the deadline."""
+    if not await holds_within(check, timeout_s, every_s=every_s):
+        raise AssertionError(f"{what}: not within {timeout_s:g}s" + (f"; {detail()}" if detail else ""))
+
+
+async def holds_within(check: Check, timeout_s: float, *, every_s: float = 0.1) -> bool:
+    """Poll `check` until it is true (True) or the deadline passes (False): for drills that go on to count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(every_s)
+
+
+# --- reading a gateway process ----------------------------------------------------------------
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, http.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def metric_value(gw: GatewayProcess, name: str) -> float | None:
+    """Sum of a metric's samples on the process's /metrics (all label sets); None if it has none."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+        http.get(f"{gw.url}/metrics") as resp,
+    ):
+        text = await resp.text()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+    return sum(values) if values else None
+
+
+async def metric(gw: GatewayProcess, name: str) -> float:
+    """`metric_value`, 0 when the process has no sample of it."""
+    return await metric_value(gw, name) or 0.0
+
+
+async def metric_or_none(gw: GatewayProcess, name: str) -> float | None:
+    """`metric_value`, or None when the process does not answer (killed, restarting, stuck)."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+        return await metric_value(gw, name)
+    return None
+
+
+async def inflight(gw: GatewayProcess) -> int:
+    """Deliveries the process is working on now, from its /readyz destination states."""
+    _, body = await get_json(f"{gw.url}/readyz")
+    return int(sum(d["inflight"] for d in body.get("destinations", {}).values()))
+
+
+async def wait_inflight(gw: GatewayProcess, at_least: int = 1, timeout_s: float = 20) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await inflight(gw) >= at_least:
+                return
+            await asyncio.sleep(0.05)
+
+
+# --- one drill -------------------------------------------------------------------------------
+
+
+def destination(sim: Simulator, **extra: Any) -> dict[str, Any]:
+    """Production-shaped settings, with the clocks shortened so a drill takes seconds."""
+    return {
+        "health_url": f"http://127.0.0.1:{sim.port}/health",
+        "timeout_s": 5,
+        "concurrency": 8,
+        "max_attempts": 8,
+        "backoff_min_s": 0.05,
+        "backoff_max_s": 0.5,
+        "probe_interval_s": 0.2,
+        "failure_threshold": 3,
+        "slow_start_s": 1,
+        "max_rate_per_s": 2000,
+        **extra,
+    }
+
+
+class Drill:
+    """One drill's processes: gateways by role, the partner loads, all stopped at the end.
+
+    `dest` overrides `destination()` settings of the one destination, `vnaccs`.
+    """
+
+    DEST = "vnaccs"
+
+    def __init__(self, node: RabbitNode, sim: Simulator, tmp_path: Path, prefix: str, **dest: Any) -> None:
+        self.node, self.sim, self.tmp_path, self.prefix, self.dest = node, sim, tmp_path, prefix, dest
+        self.names = Names(prefix)
+        self.queue, self.parking = self.names.queue(self.DEST), self.names.parking(self.DEST)
+        self.gateways: list[GatewayProcess] = []
+        self.loads: list[LoadGen] = []
+
+    @property
+    def load(self) -> LoadGen | None:
+        return self.loads[-1] if self.loads else None
+
+    async def gateway(
+        self,
+        role: str = "all",
+        *,
+        broker_url: str | None = None,
+        broker: Mapping[str, Any] | None = None,
+        **server: Any,
+    ) -> GatewayProcess:
+        """Start `swgw serve` (default role: intake and delivery in one process) and wait for /readyz."""
+        port = free_port()
+        config = drill_config(
+            self.tmp_path,
+            self.prefix,
+            broker_url or self.node.url,
+            port=port,
+            destination_url=self.sim.url,
+            destination=destination(self.sim, **self.dest),
+            broker=broker,
+            server=server,
+        )
+        gw = GatewayProcess(config, port, self.tmp_path / f"gateway-{role}-{port}.log", role=role)
+        self.gateways.append(gw)
+        gw.start()
+        await gw.wait_ready()
+        return gw
+
+    def start_load(self, ingress: GatewayProcess, id_prefix: str, rate: float = 30, *, count: int = 0) -> LoadGen:
+        out = self.tmp_path / f"load-{id_prefix.strip('-') or 'ids'}.jsonl"
+        load = LoadGen(ingress.url, out, id_prefix=id_prefix, rate=rate, count=count)
+        self.loads.append(load)
+        load.start()
+        return load
+
+    async def all_delivered(self, records: list[Record], timeout_s: float = 90) -> None:
+        promised = set(accepted(records))
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    missing = promised - set(self.sim.ids)
+                    if not missing:
+                        return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(
+                f"{len(missing)} of {len(promised)} 202'd ids not delivered in {timeout_s:g}s: {sorted(missing)[:10]}"
+            ) from None
+
+    async def parked(self) -> list[Parked]:
+        return await queues.browse(self.node.url, self.parking)
+
+    async def backlog(self) -> int | None:
+        """Messages ready in the destination queue, read from the node (None: no queue)."""
+        return await queues.depth(self.node.url, self.queue)
+
+    async def settle(self, records: list[Record], timeout_s: float) -> set[str]:
+        """Wait until every 202'd id has reached the simulator or sits in parking (where nothing
+        moves it any more); return the ids that did neither by the deadline. Never raises: the
+        count that follows says what went wrong."""
+        promised = set(accepted(records))
+        missing = promised
+
+        async def settled() -> bool:
+            nonlocal missing
+            missing = promised - set(self.sim.ids)
+            if missing and await queues.depth(self.node.url, self.parking):
+                missing = missing - {p.message_id for p in await self.parked()}
+            return not missing
+
+        await holds_within(settled, timeout_s, every_s=0.25)
+        return missing
+
+    async def count(
+        self,
+        fault: str,
+        records: list[Record],
+        extra: Mapping[str, object] | None = None,
+        *,
+        expect_parked: Iterable[str] = (),
+    ) -> FaultCount:
+        """The end-of-drill count, printed as one `FAULT ...` line."""
+        count = FaultCount(
+            fault,
+            records,
+            [d.message_id for d in self.sim.deliveries],
+            await self.parked(),
+            frozenset(expect_parked),
+            {**(extra or {}), "conflicts": self.sim.received.conflicts},
+        )
+        print(count.line(), flush=True)
+        return count
+
+    def tally(self, name: str, records: list[Record]) -> Tally:
+        tally = Tally(name, records, [d.message_id for d in self.sim.deliveries])
+        tally.report()
+        assert self.sim.received.conflicts == 0, "a duplicate delivery carried different bytes"
+        return tally
+
+    def close(self) -> None:
+        for load in self.loads:
+            load.kill()
+        for gw in self.gateways:
+            gw.kill()
+
+
+@dataclass
+class FaultCount:
+    """What partners were promised against where it ended: delivered, parked or nowhere.
+
+    lost: 202'd ids that never reached the backend and are not parked as the drill expects.
+    dead-lettered: parked by RabbitMQ itself (delivery limit), never by the gateway.
+    """
+
+    fault: str
+    records: list[Record]
+    arrived: list[str]  # every successful POST, duplicates included
+    parked: list[Parked]
+    expect_parked: frozenset[str]
+    extra: dict[str, object]
+    promised: set[str] = field(init=False)
+    lost: list[str] = field(init=False)
+    duplicates: int = field(init=False)
+    dead_lettered: list[Parked] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.promised = set(accepted(self.records))
+        counts = Counter(self.arrived)
+        parked_as_expected = {p.message_id for p in self.parked} & self.expect_parked
+        self.lost = sorted(self.promised - set(counts) - parked_as_expected)
+        self.duplicates = sum(n - 1 for n in counts.values())
+        self.dead_lettered = [p for p in self.parked if p.dead_lettered]
+
+    def line(self) -> str:
+        extra = ", ".join(f"{k} {v}" for k, v in self.extra.items())
+        return (
+            f"FAULT {self.fault}: posted {len(self.records)}, 202 {len(self.promised)}, "
+            f"delivered {len(set(self.arrived))} unique, lost {len(self.lost)}, duplicates {self.duplicates}, "
+            f"parked {len(self.parked)}, dead-lettered {len(self.dead_lettered)}; {extra}; "
+            f"answers: {summary(self.records)}"
+        )
+
+    def check(self, *, parked: int = 0, also: Iterable[str | None] = ()) -> None:
+        """Assert lost 0, dead-lettered 0, `parked` parked, and the drill's own findings (`also`,
+        None for a finding that held). One AssertionError lists everything that broke."""
+        broken = [p for p in also if p]
+        if self.lost:
+            broken.insert(0, f"lost {len(self.lost)}: 202'd, never delivered, not parked as expected: {self.lost[:10]}")
+        if self.dead_lettered:
+            ids = [p.message_id for p in self.dead_lettered][:10]
+            broken.append(f"dead-lettered {len(self.dead_lettered)} by the delivery limit (x-death, no reason): {ids}")
+        if len(self.parked) != parked:
+            found = [(p.message_id, p.reason or "no reason") for p in self.parked][:10]
+            broken.append(f"parked {len(self.parked)}, expected {parked}: {found}")
+        if self.extra.get("conflicts"):
+            broken.append("a duplicate delivery carried different bytes")
+        assert not broken, f"{self.line()}\n  - " + "\n  - ".join(broken)

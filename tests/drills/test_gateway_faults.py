@@ -9,139 +9,25 @@ deliveries are counted and printed (`DRILL ...` lines, run pytest with -s to see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import aiohttp
 import pytest
 
 from gateway.broker import Names
 from gateway.simulator import Simulator
-from tests.drills.harness import (
-    GatewayProcess,
-    LoadGen,
-    Record,
-    Tally,
+from tests.drills.harness import (  # noqa: F401  (Drill, destination: where other drill modules look)
+    Drill,
     accepted,
-    drill_config,
+    destination,
+    metric,
     now,
     started_between,
     summary,
+    wait_inflight,
 )
-from tests.helpers import free_port, get_all
-from tests.rabbit_node import RabbitNode
+from tests.helpers import get_all
 
 pytestmark = pytest.mark.drill
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator() as s:
-        yield s
-
-
-def destination(sim: Simulator, **extra: Any) -> dict[str, Any]:
-    """Production-shaped settings, with the clocks shortened so a drill takes seconds."""
-    return {
-        "health_url": f"http://127.0.0.1:{sim.port}/health",
-        "timeout_s": 5,
-        "concurrency": 8,
-        "max_attempts": 8,
-        "backoff_min_s": 0.05,
-        "backoff_max_s": 0.5,
-        "probe_interval_s": 0.2,
-        "failure_threshold": 3,
-        "slow_start_s": 1,
-        "max_rate_per_s": 2000,
-        **extra,
-    }
-
-
-class Drill:
-    """One drill's processes: gateways by role, the partner load, all stopped at the end."""
-
-    def __init__(self, node: RabbitNode, sim: Simulator, tmp_path: Path, prefix: str, **dest: Any) -> None:
-        self.node, self.sim, self.tmp_path, self.prefix, self.dest = node, sim, tmp_path, prefix, dest
-        self.gateways: list[GatewayProcess] = []
-        self.load: LoadGen | None = None
-
-    async def gateway(self, role: str, **server: Any) -> GatewayProcess:
-        port = free_port()
-        config = drill_config(
-            self.tmp_path,
-            self.prefix,
-            self.node.url,
-            port=port,
-            destination_url=self.sim.url,
-            destination=destination(self.sim, **self.dest),
-            server=server,
-        )
-        gw = GatewayProcess(config, port, self.tmp_path / f"gateway-{role}-{port}.log", role=role)
-        self.gateways.append(gw)
-        gw.start()
-        await gw.wait_ready()
-        return gw
-
-    def start_load(self, ingress: GatewayProcess, id_prefix: str, rate: float = 30) -> LoadGen:
-        self.load = LoadGen(ingress.url, self.tmp_path / "load.jsonl", id_prefix=id_prefix, rate=rate)
-        self.load.start()
-        return self.load
-
-    async def all_delivered(self, records: list[Record], timeout_s: float = 90) -> None:
-        promised = set(accepted(records))
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    missing = promised - set(self.sim.ids)
-                    if not missing:
-                        return
-                    await asyncio.sleep(0.2)
-        except TimeoutError:
-            raise AssertionError(
-                f"{len(missing)} of {len(promised)} 202'd ids not delivered in {timeout_s:g}s: {sorted(missing)[:10]}"
-            ) from None
-
-    def tally(self, name: str, records: list[Record]) -> Tally:
-        tally = Tally(name, records, [d.message_id for d in self.sim.deliveries])
-        tally.report()
-        assert self.sim.received.conflicts == 0, "a duplicate delivery carried different bytes"
-        return tally
-
-    def close(self) -> None:
-        if self.load is not None:
-            self.load.kill()
-        for gw in self.gateways:
-            gw.kill()
-
-
-@pytest.fixture
-def drill(rabbit_node: RabbitNode, sim: Simulator, tmp_path: Path, prefix: str) -> Iterable[Callable[..., Drill]]:
-    made: list[Drill] = []
-
-    def make(**dest: Any) -> Drill:
-        d = Drill(rabbit_node, sim, tmp_path, prefix, **dest)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close()
-
-
-async def inflight(gw: GatewayProcess) -> int:
-    """Deliveries the process is working on now, from its /readyz destination states."""
-    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/readyz") as resp:
-        body = await resp.json()
-    return int(sum(d["inflight"] for d in body.get("destinations", {}).values()))
-
-
-async def wait_inflight(gw: GatewayProcess, at_least: int = 1, timeout_s: float = 20) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await inflight(gw) >= at_least:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_drill_2_gateway_sigkill_ingress_and_delivery(drill: Callable[..., Drill], sim: Simulator) -> None:
@@ -172,13 +58,6 @@ async def test_drill_2_gateway_sigkill_ingress_and_delivery(drill: Callable[...,
     assert not tally.lost
     assert {r["status"] for r in records} <= {202, 503, 0}, summary(records)
     assert any(r["status"] == 0 for r in started_between(records, killed, back)), "ingress was never seen dead"
-
-
-async def metric(gw: GatewayProcess, name: str) -> float:
-    """Sum of a metric's samples on the process's /metrics (all label sets)."""
-    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 async def test_drill_3_backend_flapping_during_a_drain(drill: Callable[..., Drill], sim: Simulator) -> None:
