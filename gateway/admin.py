@@ -8,7 +8,10 @@ admin token configured the API answers 403 to everyone rather than being open.
     POST /admin/destinations/{id}/pause              stop taking messages (in-flight finish)
     POST /admin/destinations/{id}/resume
     GET  /admin/destinations/{id}/parked?limit=&type=&from=&message_id=&since=&until=
-    POST /admin/destinations/{id}/replay             JSON: same filters + rate, dry_run
+    POST /admin/destinations/{id}/replay             JSON: same filters + rate, dry_run, timeout_s
+
+A replay answers 409 problem+json (`replay_in_progress`) at once while another replay of the
+same destination runs anywhere (another gateway, `swgw replay`); see gateway/replay.py.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ from gateway.config import Admin
 from gateway.delivery import Delivery
 from gateway.errors import InvalidMessage
 from gateway.metrics import Metrics
+
+
+def _timeout(params: dict[str, Any]) -> float:
+    value = params.get("timeout_s", replay.DEFAULT_TIMEOUT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"Bad replay request: timeout_s: {value!r} must be a number", reason="bad_filter")
+    try:
+        return replay.check_timeout(float(value))
+    except ValueError as exc:
+        raise InvalidMessage(f"Bad replay request: {exc}", reason="bad_filter") from exc
 
 
 def _filter(params: dict[str, Any]) -> replay.ReplayFilter:
@@ -100,7 +113,7 @@ class AdminApi:
         dest = self._auth(request)
         params = dict(request.query)
         params.setdefault("limit", "100")
-        rows = await replay.browse(self.broker, dest, _filter(params))
+        rows = await replay.browse(self.broker.settings, dest, _filter(params))
         return web.json_response({"id": dest, "parked": [asdict(r) for r in rows]})
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -112,22 +125,29 @@ class AdminApi:
         if not isinstance(params, dict):
             raise InvalidMessage("The replay request body must be a JSON object.", reason="bad_filter")
         rate = params.get("rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate < 0):
+            raise InvalidMessage(f"Bad replay request: rate: {rate!r} must be a number >= 0", reason="bad_filter")
         report = await replay.replay(
-            self.broker,
+            self.broker.settings,
             dest,
             _filter(params),
             rate_per_s=float(rate) if rate else None,
             dry_run=bool(params.get("dry_run", False)),
+            timeout_s=_timeout(params),
             metrics=self.metrics,
         )
         return web.json_response(
             {
                 "id": dest,
                 "dry_run": report.dry_run,
+                "present": report.present,
                 "scanned": report.scanned,
                 "replayed": report.replayed,
                 "skipped": report.skipped,
+                "unread": report.unread,
                 "failed": report.failed,
+                "timed_out": report.timed_out,
+                "timeout_s": report.timeout_s,
                 "messages": [asdict(r) for r in report.selected[:1000]],
             }
         )

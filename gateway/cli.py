@@ -1,7 +1,9 @@
 """`swgw` command line: each subcommand is a thin call into the module that owns the work.
 
 Every subcommand takes `--config FILE` (default: $SWGW_CONFIG, then ./gateway.toml).
-Exit codes: 0 ok, 1 the checked thing failed (invalid message, bad config), 2 usage.
+Exit codes: 0 ok, 1 the checked thing failed (invalid message, bad config), 2 usage;
+`swgw replay` adds 3 (refused: another replay of the destination is running) and 4
+(stopped at its time limit; run it again to continue).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +24,10 @@ from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError, GatewayError, IngressError
 
 if TYPE_CHECKING:
-    from gateway.broker import Broker
     from gateway.replay import ReplayFilter
+
+EXIT_REPLAY_REFUSED = 3  # another replay of the destination holds the lock; nothing was read
+EXIT_REPLAY_TIME_LIMIT = 4  # stopped at --timeout-s: confirmed ones are replayed, the rest stays parked
 
 
 def _config_default() -> str:
@@ -137,26 +141,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_broker(settings: Settings, work: Callable[[Broker], Awaitable[int]]) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from gateway.broker import Broker
-    from gateway.metrics import Metrics
-
-    broker = Broker(settings, Metrics(CollectorRegistry()))
-    await broker.start()
-    try:
-        await asyncio.wait_for(broker.connected.wait(), timeout=settings.broker.connect_timeout_s * 3)
-    except TimeoutError:
-        await broker.close()
-        print("broker not reachable; is RabbitMQ running? (see README)", file=sys.stderr)
-        return 1
-    try:
-        return await work(broker)
-    finally:
-        await broker.close()
-
-
 def _replay_filter(args: argparse.Namespace) -> ReplayFilter:
     from gateway.replay import ReplayFilter, parse_time
 
@@ -175,8 +159,8 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
 
     settings = _load(args)
 
-    async def work(broker: Broker) -> int:
-        rows = await replay.browse(broker, args.destination, _replay_filter(args))
+    async def work() -> int:
+        rows = await replay.browse(settings, args.destination, _replay_filter(args))
         if args.json:
             for r in rows:
                 print(json.dumps(asdict(r)))
@@ -191,36 +175,58 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
         return 0
 
     _use_uvloop()
-    return asyncio.run(_with_broker(settings, work))
+    return asyncio.run(work())
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from gateway import replay
+    from gateway.errors import ReplayInProgress
 
     settings = _load(args)
+    flt = _replay_filter(args)
 
-    async def work(broker: Broker) -> int:
-        report = await replay.replay(
-            broker,
-            args.destination,
-            _replay_filter(args),
-            rate_per_s=args.rate,
-            dry_run=args.dry_run,
-            metrics=broker.metrics,
-        )
+    async def work() -> int:
+        try:
+            report = await replay.replay(
+                settings,
+                args.destination,
+                flt,
+                rate_per_s=args.rate,
+                dry_run=args.dry_run,
+                timeout_s=args.timeout_s,
+            )
+        except ReplayInProgress as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_REPLAY_REFUSED
         verb = "would replay" if report.dry_run else "replayed"
         for r in report.selected[:50]:
             print(f"{verb}: {r.message_id} {r.message_type} from {r.sender} (parked {r.parked_at}: {r.reason})")
         if len(report.selected) > 50:
             print(f"... and {len(report.selected) - 50} more")
         print(
-            f"{args.destination}: {verb} {report.replayed if not report.dry_run else len(report.selected)}, "
-            f"left parked {report.skipped}, failed {report.failed}"
+            f"{args.destination}: {verb} {report.replayed if not report.dry_run else len(report.selected)} "
+            f"of {report.present} parked, left parked {report.present - report.replayed}, failed {report.failed}"
         )
+        if report.timed_out:
+            print(
+                f"{args.destination}: stopped at the time limit ({report.timeout_s:g}s) with {report.unread} not "
+                "yet read; what was confirmed is replayed, the rest stays parked. Run the replay again to continue.",
+                file=sys.stderr,
+            )
+            return EXIT_REPLAY_TIME_LIMIT
         return 1 if report.failed else 0
 
     _use_uvloop()
-    return asyncio.run(_with_broker(settings, work))
+    return asyncio.run(work())
+
+
+def _timeout_s(value: str) -> float:
+    from gateway.replay import check_timeout
+
+    try:
+        return check_timeout(float(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def cmd_schema_docs(args: argparse.Namespace) -> int:
@@ -378,9 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         parents=[common, filters],
         help="move parked messages back to their destination queue (try --dry-run first)",
+        description="Move parked messages back to their destination queue. One replay per destination runs "
+        "at a time, across every process; a second one is refused at once.",
+        epilog="exit codes: 0 done; 1 failed (broker unreachable, a publish not confirmed: what was not "
+        f"confirmed stays parked); 2 usage; {EXIT_REPLAY_REFUSED} refused, another replay of this destination "
+        f"is running (nothing read); {EXIT_REPLAY_TIME_LIMIT} stopped at --timeout-s (what was confirmed is "
+        "replayed, the rest stays parked: run it again)",
     )
     p.add_argument("--rate", type=float, help="messages per second (default: as fast as confirms allow)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
+    p.add_argument(
+        "--timeout-s",
+        type=_timeout_s,
+        default=600.0,
+        help="stop after this many seconds (default 600, at most 1500: RabbitMQ's consumer_timeout is 30 min)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("schema-docs", help="regenerate schemas/README.md from the XSDs (--check: verify only)")

@@ -8,6 +8,7 @@ GatewayError
 │   ├── Unauthenticated       401    missing / unknown bearer token
 │   ├── Forbidden             403    From is not the partner, type or receiver not allowed
 │   ├── RequestTimeout        408    body not received within server.request_timeout_s (slowloris)
+│   ├── ReplayInProgress      409    admin/CLI: another replay of the destination runs (CLI exit 3)
 │   ├── PayloadTooLarge       413
 │   ├── UnsupportedMediaType  415
 │   ├── InvalidMessage        422    schema / rule problems (carries the problems list)
@@ -139,6 +140,23 @@ class InvalidMessage(IngressError):
     status = 422
     title = "Invalid message"
     reason = "schema_invalid"
+
+
+class ReplayInProgress(IngressError):
+    """Another replay of `destination` holds its broker lock (`lock`); this one read nothing."""
+
+    status = 409
+    title = "Replay in progress"
+    reason = "replay_in_progress"
+
+    def __init__(self, destination: str, lock: str) -> None:
+        super().__init__(
+            f"A replay of destination {destination!r} is already running (it owns the broker queue {lock!r}); "
+            "this one was refused and changed nothing. Run it again once that one has finished "
+            "(every replay ends within its time limit)."
+        )
+        self.destination = destination
+        self.lock = lock
 
 
 class RateLimited(IngressError):

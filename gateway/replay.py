@@ -1,17 +1,42 @@
-"""Parked messages: list them without consuming, and move them back with filters, a rate and a dry run.
+"""Parked messages: list them, and move them back with filters, a rate, a time limit and a dry run.
 
-Replay publishes each selected message to its destination queue and waits for the broker's
-confirm *before* acking it from parking, so a replay killed half-way loses nothing (at
-worst a message is both re-queued and still parked, and the backend deduplicates it by its
-unchanged message id). Non-matching messages are rotated: re-published (confirmed) to the
-back of the parking queue, then acked. One pass over the N messages present at the start
-therefore leaves the parking queue in its original relative order, and memory stays
-bounded however large the parking queue is. Dry runs only browse: messages are read
-without ack and returned when the channel closes.
+How a replay reads a parking queue (`<prefix>.parked.<destination>`):
+- **Its own connection.** Every replay, dry run and listing opens an AMQP connection of its
+  own (not a robust one), so it shares nothing with the gateway's publishing or consuming
+  connections, and a lost connection ends it with an error instead of a silent resume.
+- **One replay per destination.** Before reading, a replay declares the exclusive queue
+  `<prefix>.replay-lock.<destination>` on that connection. RabbitMQ lets one connection own
+  an exclusive queue: a second replay's declare fails at once with RESOURCE_LOCKED, and it
+  raises `ReplayInProgress` without having read anything (the CLI exits 3, the admin API
+  answers 409). The broker deletes the queue when the owning connection ends for any
+  reason: normal close, crash, SIGKILL (the socket closes), or a frozen process (missed
+  heartbeats), so a dead replay never leaves the lock behind. No in-process guard is
+  needed because the connection is never shared.
+- **No consumer, no rotation.** Messages are read with basic.get, at most as many as were
+  parked when the replay started. A selected message is published to the destination's
+  exchange on a second channel with a publisher confirm and `mandatory`, and acked in
+  parking only after the broker's confirm. Messages that are not selected are never acked
+  and never re-published: when the reading channel closes, RabbitMQ puts them back where
+  they were, in their original order. Nothing is ever written to the parking queue.
+- **A bound.** A replay stops after the messages present at its start, after `limit`
+  selections, or at `timeout_s` (default 600 s, at most 1,500 s: RabbitMQ closes a channel
+  that holds a delivery unacked for `consumer_timeout`, 30 minutes by default, and 3.x
+  counts basic.get deliveries too). At the time limit it stops reading, waits for the
+  confirms in flight, and reports `timed_out`: what was confirmed stays replayed, the rest
+  stays parked.
+
+A replay killed at any point loses nothing and duplicates nothing in parking: an unacked
+message goes back to parking. At worst a message whose publish was confirmed but whose ack
+never reached the broker is both queued and still parked; the backend drops the second
+copy by its unchanged message id.
+
+Listing (`browse`) and dry runs also use basic.get and ack nothing. Listing takes no lock
+(it changes nothing; while a replay holds messages, a listing shows the rest); a dry run
+does, so it reports what a replay would do now.
 
 Filters: `since`/`until` compare with the time the message was parked (ops replay "what
 was parked during last night's outage"); `message_type`, `sender` and `message_id` match
-exactly; `limit` caps how many are replayed.
+exactly; `limit` caps how many are selected.
 """
 
 from __future__ import annotations
@@ -19,21 +44,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
-from gateway.broker import Broker
+from gateway.broker import Names
 from gateway.circuit import RateLimiter, SlowStart
-from gateway.errors import BrokerUnavailable
+from gateway.config import Settings
+from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import QueuedMessage
 from gateway.metrics import Metrics
 
 log = logging.getLogger("swgw.replay")
+
+DEFAULT_TIMEOUT_S = 600.0
+MAX_TIMEOUT_S = 1500.0  # 25 min: below RabbitMQ's default consumer_timeout of 30 min
 _WINDOW = 256  # confirmed publishes in flight at once
+_CONNECTION_ERRORS = (
+    ConnectionError,
+    OSError,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    RuntimeError,  # aio-pika: "Connection closed" / "Channel closed"
+)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -43,6 +83,21 @@ def parse_time(value: str | None) -> datetime | None:
     if ts.tzinfo is None:
         raise ValueError(f"{value!r}: give a UTC offset, e.g. 2026-11-23T08:00:00+07:00 or ...Z")
     return ts
+
+
+def check_timeout(timeout_s: float) -> float:
+    """The replay time limit, checked: a number of seconds in (0, MAX_TIMEOUT_S]."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"timeout_s: {timeout_s:g} must be > 0 and at most {MAX_TIMEOUT_S:g} seconds "
+            "(RabbitMQ closes a channel that holds a message unacked for 30 minutes)"
+        )
+    return timeout_s
+
+
+def lock_name(names: Names, destination: str) -> str:
+    """The exclusive queue whose owner is the one replay of `destination` running now."""
+    return f"{names.prefix}.replay-lock.{destination}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +127,19 @@ class ReplayFilter:
         return True
 
 
+def parked_reason(msg: QueuedMessage, headers: Mapping[str, Any]) -> str:
+    """The gateway's parking reason; for a message RabbitMQ dead-lettered (quorum delivery limit),
+    the reason of its latest x-death entry (`delivery_limit`), which carries no parking headers."""
+    if msg.parking is not None and "x-swgw-parked-reason" in headers:
+        return msg.parking.reason
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping) else {}
+    reason = death.get("reason") or headers.get("x-first-death-reason")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return str(reason) if reason else "unknown"
+
+
 @dataclass
 class ParkedInfo:
     message_id: str
@@ -84,13 +152,13 @@ class ParkedInfo:
     parked_at: str
 
     @classmethod
-    def of(cls, msg: QueuedMessage) -> ParkedInfo:
+    def of(cls, msg: QueuedMessage, headers: Mapping[str, Any]) -> ParkedInfo:
         p = msg.parking
         return cls(
             msg.message_id,
             msg.message_type,
             msg.sender,
-            p.reason if p else "unknown",
+            parked_reason(msg, headers),
             p.status if p else None,
             p.excerpt if p else "",
             p.attempts if p else 0,
@@ -100,154 +168,254 @@ class ParkedInfo:
 
 @dataclass
 class ReplayReport:
+    """What one replay did. `present`: parked when it started; `unread`: of those, not read
+    (limit or time limit reached, a failure, or held by a concurrent listing)."""
+
     destination: str
     dry_run: bool
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    present: int = 0
     scanned: int = 0
     replayed: int = 0
     skipped: int = 0
     failed: int = 0
+    timed_out: bool = False
     selected: list[ParkedInfo] = field(default_factory=list)
 
+    @property
+    def unread(self) -> int:
+        return max(self.present - self.scanned, 0)
 
-def _check_destination(broker: Broker, destination: str) -> None:
-    if destination not in {d.id for d in broker.settings.destinations}:
+
+def _check_destination(settings: Settings, destination: str) -> None:
+    if destination not in {d.id for d in settings.destinations}:
         raise KeyError(f"unknown destination {destination!r}")
 
 
 @contextlib.asynccontextmanager
-async def _parking(
-    broker: Broker, destination: str, prefetch: int
-) -> AsyncIterator[tuple[AbstractChannel, AsyncIterator[AbstractIncomingMessage], int]]:
-    """Consume the parking queue; yields (channel, iterator, number of messages present at start)."""
-    _check_destination(broker, destination)
-    channel = await broker.new_channel(prefetch=prefetch)
+async def _connection(settings: Settings, purpose: str) -> AsyncIterator[AbstractConnection]:
+    """A plain (not robust) connection for one replay or listing, closed at the end whatever happens."""
+    b = settings.broker
+    url = b.url.reveal()
+    url = f"{url}{'&' if '?' in url else '?'}heartbeat={b.heartbeat_s}"
     try:
-        queue = await channel.declare_queue(broker.names.parking(destination), passive=True)
-        count = queue.declaration_result.message_count or 0
-        async with queue.iterator() as it:
-            yield channel, it, count
+        conn = await aio_pika.connect(
+            url,
+            timeout=b.connect_timeout_s,
+            client_properties={"connection_name": f"swgw {purpose} (pid {os.getpid()})"},
+        )
+    except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+        raise BrokerUnavailable(
+            f"The message broker is not reachable ({exc or type(exc).__name__}); nothing was read or moved.",
+            reason="broker_unavailable",
+            retry_after_s=b.retry_after_s,
+        ) from exc
+    try:
+        yield conn
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise BrokerUnavailable(
+            f"A queue or exchange is missing ({exc}); start the gateway once so it declares its topology.",
+            reason="broker_topology",
+            retry_after_s=b.retry_after_s,
+        ) from exc
+    except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+        raise BrokerUnavailable(
+            f"The broker connection failed ({exc or type(exc).__name__}); messages not confirmed stay parked.",
+            reason="broker_unavailable",
+            retry_after_s=b.retry_after_s,
+        ) from exc
     finally:
+        # Bounded: a blocked connection (resource alarm) cannot write its close; the broker
+        # still returns every unacked message once the socket goes.
         with contextlib.suppress(Exception):
-            await channel.close()  # returns every unacked message to parking, in order
+            async with asyncio.timeout(b.confirm_timeout_s):
+                await conn.close()
 
 
-async def browse(broker: Broker, destination: str, flt: ReplayFilter = ReplayFilter()) -> list[ParkedInfo]:
+async def _parking(settings: Settings, channel: AbstractChannel, destination: str) -> tuple[AbstractQueue, int]:
+    queue = await channel.declare_queue(Names(settings.broker.prefix).parking(destination), passive=True)
+    return queue, queue.declaration_result.message_count or 0
+
+
+async def _get(queue: AbstractQueue, settings: Settings) -> AbstractIncomingMessage | None:
+    # A basic.get that gets no answer closes the channel (aiormq), returning every unacked
+    # message to parking: the safe way out for a broker that stopped answering.
+    return await queue.get(no_ack=False, fail=False, timeout=max(settings.broker.confirm_timeout_s, 5.0))
+
+
+async def browse(settings: Settings, destination: str, flt: ReplayFilter = ReplayFilter()) -> list[ParkedInfo]:
     """List parked messages (matching `flt`, up to its limit) without consuming any.
 
-    Uses basic.get, which no prefetch window limits: every message stays unacked until the
-    channel closes and the broker puts them all back, in order. Bodies are dropped as soon
-    as their headers are read, so memory stays flat however many are parked.
+    basic.get, which no prefetch window limits and which registers no consumer: every
+    message stays unacked until the channel closes and the broker puts them all back, in
+    order. Bodies are dropped as soon as their headers are read, so memory stays flat.
     """
-    _check_destination(broker, destination)
+    _check_destination(settings, destination)
     out: list[ParkedInfo] = []
-    channel = await broker.new_channel(prefetch=1)
-    try:
-        queue = await channel.declare_queue(broker.names.parking(destination), passive=True)
-        count = queue.declaration_result.message_count or 0
+    async with _connection(settings, f"parked list {destination}") as conn:
+        channel = await conn.channel()
+        queue, count = await _parking(settings, channel, destination)
         for _ in range(count):
             if flt.limit is not None and len(out) >= flt.limit:
                 break
-            raw = await queue.get(no_ack=False, fail=False)
+            raw = await _get(queue, settings)
             if raw is None:
                 break
             msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
             if flt.matches(msg):
-                out.append(ParkedInfo.of(msg))
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()  # returns every message read to parking, in order
+                out.append(ParkedInfo.of(msg, raw.headers or {}))
+        await channel.close()  # returns every message read to parking, in order
     return out
 
 
+async def _lock(settings: Settings, channel: AbstractChannel, destination: str) -> None:
+    name = lock_name(Names(settings.broker.prefix), destination)
+    try:
+        # Exclusive: owned by this connection, deleted by the broker when it ends. Classic,
+        # whatever the vhost's default queue type (an exclusive queue cannot be quorum).
+        await channel.declare_queue(name, exclusive=True, durable=False, arguments={"x-queue-type": "classic"})
+    except aiormq.exceptions.ChannelLockedResource as exc:
+        log.warning(
+            "replay of %s refused: another replay holds %s",
+            destination,
+            name,
+            extra={"event": "replay_refused", "destination": destination},
+        )
+        raise ReplayInProgress(destination, name) from exc
+
+
+def _broker_error(exc: BaseException, settings: Settings, destination: str) -> BrokerUnavailable:
+    """A failed publish, ack or read, in words; the message stays parked."""
+    b = settings.broker
+    if isinstance(exc, TimeoutError):
+        why = f"the broker did not confirm a publish within {b.confirm_timeout_s:g}s"
+    elif isinstance(exc, aiormq.exceptions.PublishError):  # Basic.Return: nothing bound
+        why = f"the broker has no queue for destination {destination!r} (message returned unroutable)"
+    elif isinstance(exc, aiormq.exceptions.DeliveryError):  # Basic.Nack
+        why = "the broker refused a publish (nack)"
+    else:
+        why = f"the broker connection failed ({exc or type(exc).__name__})"
+    return BrokerUnavailable(why, reason="broker_unavailable", retry_after_s=b.retry_after_s)
+
+
 async def replay(
-    broker: Broker,
+    settings: Settings,
     destination: str,
     flt: ReplayFilter = ReplayFilter(),
     *,
     rate_per_s: float | None = None,
     dry_run: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ReplayReport:
-    """Move matching parked messages back to the destination queue (see module docstring)."""
-    report = ReplayReport(destination, dry_run)
-    if dry_run:
-        report.selected = await browse(broker, destination, flt)
-        report.scanned = len(report.selected)
-        if metrics:
-            metrics.replayed.labels(destination, "dry_run").inc(len(report.selected))
-        return report
+    """Move matching parked messages back to the destination queue (see module docstring).
 
+    Raises ReplayInProgress at once if another replay of `destination` runs anywhere,
+    BrokerUnavailable if the broker cannot be reached or a publish failed (the report's
+    counts are in the message), KeyError for an unknown destination, ValueError for a
+    `timeout_s` out of range. `clock` (monotonic seconds) is for tests.
+    """
+    _check_destination(settings, destination)
+    check_timeout(timeout_s)
+    deadline = clock() + timeout_s
+    report = ReplayReport(destination, dry_run, timeout_s)
+    names = Names(settings.broker.prefix)
     limiter = RateLimiter(SlowStart(max_rate_per_s=rate_per_s, max_concurrency=1, ramp_s=0)) if rate_per_s else None
-    parking_queue = broker.names.parking(destination)
     window = asyncio.Semaphore(_WINDOW)
     failures: list[BaseException] = []
+    bound_s = settings.broker.confirm_timeout_s
 
-    async def move(raw: AbstractIncomingMessage, msg: QueuedMessage, back_to_parking: bool) -> None:
+    async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
         try:
-            if back_to_parking:
-                await broker.publish_to_queue(parking_queue, _copy(raw))
-            else:
-                await broker.publish(msg.unparked())
-            await raw.ack()  # only after the confirm
-            if not back_to_parking:
-                report.replayed += 1  # counted once confirmed, not when selected
-        except Exception as exc:  # recorded, the message stays parked, and replay() raises below
-            failures.append(exc)
-            with contextlib.suppress(Exception):
-                await raw.nack(requeue=True)
+            async with asyncio.timeout(bound_s):  # not an RPC: a timeout here leaves the channel open
+                await exchange.publish(msg.unparked().to_amqp(), routing_key=destination, mandatory=True)
+            report.replayed += 1  # counted once confirmed
+            async with asyncio.timeout(bound_s):
+                await raw.ack()  # only after the confirm; unacked, it goes back to parking
+        except Exception as exc:  # recorded; the message stays parked, and replay() raises below
+            failures.append(_broker_error(exc, settings, destination))
         finally:
             window.release()
 
-    tasks: set[asyncio.Task[None]] = set()
-    async with _parking(broker, destination, prefetch=_WINDOW * 2) as (_, it, count):
-        while report.scanned < count and not failures:
-            if flt.limit is not None and len(report.selected) >= flt.limit:
-                break  # the rest stays where it is (unread messages return on channel close)
-            raw = await anext(it)
-            report.scanned += 1
-            msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
-            selected = flt.matches(msg) and (flt.limit is None or len(report.selected) < flt.limit)
-            if selected and limiter is not None:
-                await limiter.acquire()
-            await window.acquire()
-            if selected:
-                report.selected.append(ParkedInfo.of(msg))
-            else:
-                report.skipped += 1
-            task = asyncio.create_task(move(raw, msg, back_to_parking=not selected))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
-    report.failed = len(failures)
+    async with _connection(settings, f"replay {destination}") as conn:
+        reader = await conn.channel()
+        await _lock(settings, reader, destination)
+        queue, report.present = await _parking(settings, reader, destination)
+        publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await publisher.get_exchange(names.exchange, ensure=False)
+        log.info(
+            "replay started: %d parked, %s",
+            report.present,
+            "dry run" if dry_run else f"time limit {timeout_s:g}s",
+            extra={"event": "replay_started", "destination": destination, "count": report.present},
+        )
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while report.scanned < report.present and not failures:
+                if flt.limit is not None and len(report.selected) >= flt.limit:
+                    break  # the rest is never read and stays where it is
+                if clock() >= deadline:
+                    report.timed_out = True
+                    break
+                try:
+                    raw = await _get(queue, settings)
+                except (*_CONNECTION_ERRORS, TimeoutError) as exc:
+                    failures.append(_broker_error(exc, settings, destination))
+                    break
+                if raw is None:
+                    break  # fewer than at the start (a listing holds some): nothing to wait for
+                report.scanned += 1
+                msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
+                if not flt.matches(msg):
+                    report.skipped += 1
+                    continue  # never acked: back to parking, in place, when the channel closes
+                report.selected.append(ParkedInfo.of(msg, raw.headers or {}))
+                if dry_run:
+                    continue
+                if limiter is not None:
+                    await limiter.acquire()
+                await window.acquire()
+                task = asyncio.create_task(move(exchange, raw, msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            if tasks:  # each is bounded by the confirm timeout; cancelling would only lose acks
+                await asyncio.gather(*tasks, return_exceptions=True)
+            # Acks were written before this close, so the broker applies them first; every
+            # other message read goes back to parking, in order, before the lock is released.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(bound_s):
+                    await reader.close()
+    return _finish(report, failures, metrics)
+
+
+def _finish(report: ReplayReport, failures: list[BaseException], metrics: Metrics | None) -> ReplayReport:
+    dest = report.destination
+    report.failed = len(report.selected) - report.replayed if failures and not report.dry_run else 0
     if metrics:
-        metrics.replayed.labels(destination, "replayed").inc(report.replayed)
-        metrics.replayed.labels(destination, "failed").inc(report.failed)
+        if report.dry_run:
+            metrics.replayed.labels(dest, "dry_run").inc(len(report.selected))
+        else:
+            metrics.replayed.labels(dest, "replayed").inc(report.replayed)
+            metrics.replayed.labels(dest, "failed").inc(report.failed)
+    left = report.present - report.replayed
     log.info(
-        "replay finished: %d replayed, %d left parked, %d failed",
-        report.replayed,
-        report.skipped,
+        "replay %s: %d %s of %d parked, %d left parked, %d failed%s",
+        "stopped at the time limit" if report.timed_out else "finished",
+        len(report.selected) if report.dry_run else report.replayed,
+        "would be replayed" if report.dry_run else "replayed",
+        report.present,
+        left,
         report.failed,
-        extra={"event": "replay", "destination": destination, "count": report.replayed},
+        f" ({report.timeout_s:g}s); run it again to continue" if report.timed_out else "",
+        extra={"event": "replay", "destination": dest, "count": report.replayed},
     )
     if failures:
         raise BrokerUnavailable(
-            f"Replay stopped after {report.replayed} confirmed of {len(report.selected)} selected: {failures[0]}. "
-            "Messages not confirmed stay parked; run the replay again.",
+            f"Replay of {dest!r} stopped after {report.replayed} confirmed of {len(report.selected)} selected: "
+            f"{failures[0]}. Messages not confirmed stay parked; run the replay again.",
+            reason="broker_unavailable",
             retry_after_s=5,
         ) from failures[0]
     return report
-
-
-def _copy(raw: AbstractIncomingMessage) -> aio_pika.Message:
-    """The same bytes and headers, for rotating a non-matching message to the back of parking."""
-    return aio_pika.Message(
-        raw.body,
-        headers=dict(raw.headers or {}),
-        content_type=raw.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=raw.message_id,
-        correlation_id=raw.correlation_id,
-        type=raw.type,
-        app_id=raw.app_id,
-    )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -186,103 +184,3 @@ async def test_one_destination_down_does_not_slow_another(
             dead = gw.app[DELIVERY].workers["dead"]
             await until(lambda: dead.state == "open", what="dead circuit open")
             assert gw.app[DELIVERY].workers["alive"].state == "closed"
-
-
-async def test_browse_and_replay_handle_more_parked_messages_than_any_prefetch(
-    gw: RunningGateway, sim: Simulator
-) -> None:
-    """Browsing holds messages unacked; it must not stall at a prefetch window (was 500)."""
-    from gateway import replay
-    from gateway.app import BROKER
-    from gateway.messages import Parking
-
-    broker = gw.app[BROKER]
-    parking = Parking("rejected", 400, "no", 1, "2026-11-23T00:00:00.000Z")
-    n = 1200
-    channel = await broker.new_channel(prefetch=1)
-    try:
-        for i in range(n):
-            msg = QueuedMessage(
-                message_id=f"BIG-{i:05d}",
-                correlation_id=None,
-                message_type="CUSDEC",
-                sender="VN-NSW",
-                receiver="VN-VNACCS",
-                partner="VN-NSW",
-                destination="vnaccs",
-                received_at="2026-11-23T00:00:00.000Z",
-                body=b"<x/>",
-                parking=parking,
-            )
-            await channel.default_exchange.publish(msg.to_amqp(), routing_key=broker.names.parking("vnaccs"))
-    finally:
-        await channel.close()
-    rows = await asyncio.wait_for(replay.browse(broker, "vnaccs"), timeout=60)
-    assert [r.message_id for r in rows] == [f"BIG-{i:05d}" for i in range(n)]  # all, in order
-    dry = await asyncio.wait_for(replay.replay(broker, "vnaccs", dry_run=True), timeout=60)
-    assert len(dry.selected) == n
-    report = await asyncio.wait_for(
-        replay.replay(broker, "vnaccs", replay.ReplayFilter(message_type="CUSDEC", limit=700)), timeout=60
-    )
-    assert report.replayed == 700
-    # Messages a closed channel held come back to parking asynchronously: wait for all 500.
-    async with asyncio.timeout(20):
-        while len(left := await replay.browse(broker, "vnaccs")) < n - 700:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    assert sorted(r.message_id for r in left) == [f"BIG-{i:05d}" for i in range(700, n)]
-    await sim.wait_for(700, timeout_s=30)
-
-
-async def test_a_replay_whose_publish_fails_counts_only_confirmed_and_loses_nothing(
-    gw: RunningGateway, sim: Simulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Replay CUSDEC only; rotating a non-selected ECOO back to parking fails once."""
-    from gateway import replay
-    from gateway.app import BROKER
-    from gateway.errors import BrokerUnavailable
-    from gateway.messages import Parking
-
-    broker = gw.app[BROKER]
-    parking = Parking("rejected", 400, "no", 1, "2026-11-23T00:00:00.000Z")
-    channel = await broker.new_channel(prefetch=1)
-    for i in range(10):
-        msg = QueuedMessage(
-            message_id=f"F-{i}",
-            correlation_id=None,
-            message_type="CUSDEC" if i % 2 else "ECOO",
-            sender="VN-NSW",
-            receiver="VN-VNACCS",
-            partner="VN-NSW",
-            destination="vnaccs",
-            received_at="2026-11-23T00:00:00.000Z",
-            body=b"<x/>",
-            parking=parking,
-        )
-        await channel.default_exchange.publish(msg.to_amqp(), routing_key=broker.names.parking("vnaccs"))
-    await channel.close()
-
-    real_publish, real_rotate = broker.publish, broker.publish_to_queue
-    confirmed: list[str] = []
-
-    async def counting_publish(message: QueuedMessage) -> None:
-        await real_publish(message)
-        confirmed.append(message.message_id)
-
-    async def failing_rotation(queue: str, message: Any) -> None:
-        if message.message_id == "F-0":
-            raise BrokerUnavailable("no confirm", retry_after_s=1)
-        await real_rotate(queue, message)
-
-    monkeypatch.setattr(broker, "publish", counting_publish)
-    monkeypatch.setattr(broker, "publish_to_queue", failing_rotation)
-    with pytest.raises(BrokerUnavailable, match="run the replay again"):
-        await replay.replay(broker, "vnaccs", replay.ReplayFilter(message_type="CUSDEC"), metrics=broker.metrics)
-    # counted when confirmed: a failed rotation of a message that was not selected is no lost replay
-    assert gw.metric("swgw_replayed_messages_total", {"destination": "vnaccs", "outcome": "replayed"}) == len(confirmed)
-    assert gw.metric("swgw_replayed_messages_total", {"destination": "vnaccs", "outcome": "failed"}) == 1
-    await sim.wait_for(len(confirmed), timeout_s=15)
-    async with asyncio.timeout(20):  # everything not confirmed is back in parking: nothing lost
-        while len(left := await replay.browse(broker, "vnaccs")) < 10 - len(confirmed):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    assert {r.message_id for r in left} | set(sim.ids) == {f"F-{i}" for i in range(10)}
-    assert "F-0" in {r.message_id for r in left}
