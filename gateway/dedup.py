@@ -53,7 +53,7 @@ Backends (`[dedup] backend`):
 Both SQL stores add the `digest` column to a table created by an earlier version.
 
 This module holds the policy, the store Protocol and its value types; the stores are
-`dedup_sqlite.py` and `dedup_postgres.py`.
+`dedup_sqlite.py` and `dedup_postgres.py`; the waits after a confirm timeout are `dedup_late.py`.
 
 Times come from the gateway's clock (`clock`, epoch seconds), so replicas' clocks should be
 NTP-synchronised; skew only shifts expiry by the skew. Expired entries are ignored at once
@@ -63,6 +63,7 @@ NTP-synchronised; skew only shifts expiry by the skew. Expired entries are ignor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -71,7 +72,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import Dedup
-from gateway.errors import BrokerUnavailable, ConfirmTimeout, IngressError
+from gateway.dedup_late import LateConfirms
+from gateway.errors import ConfirmTimeout, IngressError
 from gateway.messages import QueuedMessage
 
 log = logging.getLogger("swgw.dedup")
@@ -212,10 +214,6 @@ class Publish(Protocol):
     def __call__(self, message: QueuedMessage, /, *, keep_waiting: bool = False) -> Awaitable[None]: ...
 
 
-# How a claim whose confirm timed out was settled (swgw_dedup_late_outcomes_total{outcome}).
-LATE_OUTCOMES = ("queued", "released", "expired", "cancelled", "error")
-
-
 class Deduplicator:
     """Runs claim → publish → confirm/release around one publish, and purges on a timer.
 
@@ -225,7 +223,7 @@ class Deduplicator:
     `late_confirm_wait_s` (default 30) bounds how long a publish whose confirm timed out is
     still awaited in the background to settle its claim; `close()` cancels those waits.
     `on_error(operation)` counts store failures; `on_late(outcome)` counts how each of those
-    background waits ended, one of LATE_OUTCOMES.
+    background waits ended, one of LATE_OUTCOMES (gateway/dedup_late.py).
     """
 
     def __init__(
@@ -245,10 +243,13 @@ class Deduplicator:
         self.on_store_error = on_store_error
         self.purge_interval_s = purge_interval_s
         self.retry_after_s = retry_after_s
-        self.late_confirm_wait_s = late_confirm_wait_s
         self._purger: asyncio.Task[None] | None = None
-        self._settling: dict[asyncio.Task[None], asyncio.Task[None]] = {}  # settle task -> awaited publish
-        self._closed = False
+        self._late = LateConfirms(
+            record=self._record,
+            release=self._release,
+            wait_s=late_confirm_wait_s,
+            on_outcome=lambda outcome: self.on_late(outcome),  # looked up per call: on_late may be rewired
+        )
 
     @classmethod
     def from_settings(
@@ -286,12 +287,11 @@ class Deduplicator:
     @property
     def unsettled(self) -> int:
         """Claims whose confirm timed out and whose late answer is still awaited."""
-        return len(self._settling)
+        return len(self._late)
 
     async def settled(self) -> None:
         """Return once every background wait started so far has ended (tests, drains)."""
-        if self._settling:
-            await asyncio.wait(list(self._settling))
+        await self._late.settled()
 
     async def start(self) -> None:
         if self.store is None:
@@ -309,15 +309,11 @@ class Deduplicator:
         A wait cancelled here leaves its claim pending: the outcome is unknown, so the id is
         accepted again only once the claim is stale (`claim_timeout_s`).
         """
-        self._closed = True
-        # Cancel the awaited publishes, not the settle tasks: each one then logs and counts its
-        # end ("cancelled"), even one that had not started running yet.
-        for outcome in self._settling.values():
-            outcome.cancel()
+        await self._late.close()
         if self._purger is not None:
             self._purger.cancel()
-        tasks = [*self._settling, *([self._purger] if self._purger is not None else [])]
-        await asyncio.gather(*tasks, return_exceptions=True)  # only cancellations: settles never raise
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         if self.store is not None:
             await self.store.close()
 
@@ -386,7 +382,7 @@ class Deduplicator:
             if exc.outcome is None:  # nothing left to wait for: the outcome stays unknown
                 await asyncio.shield(self._release(result))
             else:
-                self._settle_later(result, receipt, exc.outcome)
+                self._late.start(result, receipt, exc.outcome)
             raise
         except BaseException:
             # Not confirmed → not seen. Shielded: a cancelled request must still let go.
@@ -430,78 +426,3 @@ class Deduplicator:
             )
             return False
         return True
-
-    # --- after a confirm timeout: keep the claim until the broker's answer is known ---------------
-
-    def _settle_later(self, claim: Claimed, receipt: Receipt, outcome: asyncio.Task[None]) -> None:
-        if self._closed:  # stopping: nobody would wait for it; the claim goes stale
-            outcome.cancel()
-            self.on_late("cancelled")
-            return
-        task = asyncio.create_task(self._settle(claim, receipt, outcome), name=f"dedup-settle-{claim.message_id}")
-        self._settling[task] = outcome
-        task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._settling.pop(task, None)
-
-    async def _settle(self, claim: Claimed, receipt: Receipt, outcome: asyncio.Task[None]) -> None:
-        """Await a timed-out publish's late answer (bounded) and settle its claim with it.
-
-        Never raises except on cancellation: every ending is logged and counted in on_late.
-        """
-        ended = "error"
-        extra = {"message_id": claim.message_id, "partner": claim.sender, "destination": receipt.destination}
-        try:
-            try:
-                # The timeout cancels the awaited publish as well: it is never left running.
-                async with asyncio.timeout(self.late_confirm_wait_s):
-                    await outcome
-            except TimeoutError:
-                ended = "expired"
-                log.warning(
-                    "no answer from the broker for %s within %gs after its confirm timed out; the claim stays "
-                    "pending and the id is accepted again after the claim timeout",
-                    claim.message_id,
-                    self.late_confirm_wait_s,
-                    extra={"event": "late_confirm_expired", **extra},
-                )
-                return
-            except BrokerUnavailable as exc:
-                if await self._release(claim):
-                    ended = "released"
-                log.info(
-                    "late answer for %s: not queued (%s); claim released, a retry will be accepted",
-                    claim.message_id,
-                    exc.reason,
-                    extra={"event": "late_confirm_failed", **extra},
-                )
-                return
-            if await self._record(claim, receipt):
-                ended = "queued"
-                log.info(
-                    "late confirm for %s: recorded as queued; a retry gets the receipt",
-                    claim.message_id,
-                    extra={"event": "late_confirm", **extra},
-                )
-        except asyncio.CancelledError:
-            ended = "cancelled"
-            log.warning(
-                "stopped waiting for the broker's answer on %s (gateway stopping); the claim stays pending "
-                "until the claim timeout",
-                claim.message_id,
-                extra={"event": "late_confirm_cancelled", **extra},
-            )
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # this task itself was cancelled, not only the publish
-                raise
-        except Exception:
-            # An unexpected answer (not an ack, not a BrokerUnavailable): the outcome is unknown,
-            # so the claim is left to go stale. Logged with its traceback, counted as "error".
-            log.exception(
-                "settling the claim on %s after a confirm timeout failed",
-                claim.message_id,
-                extra={"event": "late_confirm_error", **extra},
-            )
-        finally:
-            self.on_late(ended)

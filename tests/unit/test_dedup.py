@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Dedup, Secret, load_settings
 from gateway.dedup import (
-    LATE_OUTCOMES,
     Claimed,
     Deduplicator,
     DedupStore,
@@ -27,6 +26,7 @@ from gateway.dedup import (
     Seen,
     StoreError,
 )
+from gateway.dedup_late import LATE_OUTCOMES
 from gateway.dedup_postgres import PostgresStore
 from gateway.dedup_sqlite import SqliteStore
 from gateway.errors import BrokerUnavailable, ConfigError, ConfirmTimeout
