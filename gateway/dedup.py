@@ -27,8 +27,9 @@ Honest guarantees:
   claim is kept while the broker's answer is awaited: the partner's retries get 503
   `duplicate_in_flight` until it comes. A late ack records the id as queued, so the retry
   gets 200 and the message is queued once. A late nack or return releases the claim and
-  the retry is queued. A connection lost before the answer also releases it, although the
-  broker may have queued the message: that retry can be queued twice (same X-Message-Id).
+  the retry is queued. A connection lost before the answer (or a request cancelled while
+  waiting for it, as at shutdown) also releases it, although the broker may have queued the
+  message: that retry can be queued twice (same X-Message-Id).
 - No answer within `late_confirm_wait_s`, a gateway stopped while waiting, or one that dies
   between the broker's confirm and the store update (or whose store update fails) leaves a
   "pending" claim. After `claim_timeout_s` it is stale: the next post of that id takes it
