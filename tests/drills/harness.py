@@ -480,7 +480,8 @@ class FaultCount:
         extra = ", ".join(f"{k} {v}" for k, v in self.extra.items())
         return (
             f"FAULT {self.fault}: posted {len(self.records)}, 202 {len(self.promised)}, "
-            f"delivered {len(set(self.arrived))} unique, lost {len(self.lost)}, duplicates {self.duplicates}, "
+            f"delivered {len(set(self.arrived))} unique ({len(set(self.arrived) - self.promised)} without a 202), "
+            f"lost {len(self.lost)}, duplicates {self.duplicates}, "
             f"parked {len(self.parked)}, dead-lettered {len(self.dead_lettered)}; {extra}; "
             f"answers: {summary(self.records)}"
         )

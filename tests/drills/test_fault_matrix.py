@@ -300,12 +300,12 @@ async def test_fault_g_poison_message(drill: Callable[..., Drill], sim: Simulato
     )
     parked = await parked_ids()
     problems: list[str | None] = []
-    for poison in (alone, among):
+    for poison, how in ((alone, "posted alone"), (among, "among traffic")):
         mine = [reason for mid, reason in parked if mid == poison]
         if mine != ["max_attempts"]:
-            problems.append(f"poison {poison} not parked once with reason max_attempts: parked as {mine}")
+            problems.append(f"poison {poison} ({how}) not parked once with reason max_attempts: parked as {mine}")
         if posts[poison] > bound:
-            problems.append(f"poison {poison} POSTed {posts[poison]} times (bound 2 x max_attempts = {bound})")
+            problems.append(f"poison {poison} ({how}) POSTed {posts[poison]} times (bound 2 x max_attempts = {bound})")
     count.check(parked=2, also=problems)
 
 
