@@ -293,6 +293,8 @@ def _broker_error(exc: BaseException, settings: Settings, destination: str) -> B
         why = f"the broker has no queue for destination {destination!r} (message returned unroutable)"
     elif isinstance(exc, aiormq.exceptions.DeliveryError):  # Basic.Nack
         why = "the broker refused a publish (nack)"
+    elif isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        why = f"a queue or exchange is missing ({exc}); start the gateway once so it declares its topology"
     else:
         why = f"the broker connection failed ({exc or type(exc).__name__})"
     return BrokerUnavailable(why, reason="broker_unavailable", retry_after_s=b.retry_after_s)

@@ -317,3 +317,23 @@ async def test_listing_reports_delivery_limit_for_messages_rabbitmq_dead_lettere
     code, out, _ = await swgw(settings, "parked", "list", "--destination", "vnaccs")
     assert code == 0
     assert "delivery_limit" in next(line for line in out.splitlines() if line.startswith("DL-1"))
+
+
+async def test_a_replay_to_a_missing_destination_queue_fails_clearly_and_moves_nothing(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]
+) -> None:
+    """mandatory publishes: with the destination queue gone, the broker returns them unroutable."""
+    settings = write_settings(tmp_path, config_doc(prefix))
+    cleanup.append(settings)
+    names = Names(prefix)
+    conn = await aio_pika.connect(rabbit_url)
+    async with conn:
+        channel = await conn.channel()
+        await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        await channel.declare_queue(names.parking("vnaccs"), durable=True, arguments={"x-queue-type": "classic"})
+    await park(settings, [parked("U-1"), parked("U-2")])
+    with pytest.raises(BrokerUnavailable, match="no queue for destination 'vnaccs'") as failed:
+        await replay.replay(settings, "vnaccs")
+    assert "stopped after 0 confirmed" in str(failed.value)
+    assert await wait_parked(settings, 2) == ["U-1", "U-2"]
+    assert await queue_state(settings, lock_of(settings)) == ("free", 0)
