@@ -258,6 +258,12 @@ async def test_a_replay_killed_half_way_duplicates_nothing_in_parking_and_frees_
     proc = await rd.cli("--from", SELECTED, "--rate", "5")  # 30 selected: ~6 s
     await rd.until("the replay under way (5 delivered)", lambda: rd.delivered_at_least(5))
     assert await rd.lock() == "held"
+    # while it runs, the gateway's admin API refuses at once too (this CLI replay is its own process)
+    api = await rd.admin_outcome("admin", {"from": SELECTED}, timeout_s=30)
+    assert api.code == 409, api.text
+    assert "application/problem+json" in api.text
+    assert "replay_in_progress" in api.text
+    assert proc.returncode is None, "the replay ended before the kill: the drill proves nothing"
     proc.kill()  # SIGKILL: no finally, no close; the broker sees the socket go
     await proc.wait()
     assert proc.returncode == -9
