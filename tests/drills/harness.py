@@ -3,7 +3,7 @@ the backend simulator, and the count at the end (lost = 202'd but never arrived;
 arrivals beyond one).
 
 `Drill` ties one drill's pieces together (gateways, loads, simulator, node) and stops them
-at the end; `FaultCount` is the fault matrix's end-of-drill count and verdict. Everything
+at the end; its `count()` makes the fault matrix's end-of-drill `FaultCount` (fault_count.py). Everything
 waits on a condition with a deadline (`until`, `LoadGen.wait_until`); nothing sleeps a
 fixed time.
 """
@@ -30,12 +30,17 @@ import aiohttp
 from gateway.broker import Names
 from gateway.simulator import Simulator
 from tests.drills import queues
+
+# Re-exported: drill modules import the count's helpers from here.
+from tests.drills.fault_count import FaultCount as FaultCount
+from tests.drills.fault_count import Record as Record
+from tests.drills.fault_count import accepted as accepted
+from tests.drills.fault_count import summary as summary
 from tests.drills.queues import Parked
 from tests.helpers import ROOT, SCHEMAS, TOKEN, config_doc, free_port, to_toml
 from tests.rabbit_node import RabbitNode
 
 TEMPLATE = sorted((SCHEMAS / "examples" / "CUSDEC" / "valid").glob("*.xml"))[0]
-Record = dict[str, Any]
 
 
 def drill_config(
@@ -180,16 +185,6 @@ class LoadGen:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-
-def accepted(records: Iterable[Record], *, after: float = 0.0) -> list[str]:
-    """Ids answered 202, among requests started after wall-clock `after`."""
-    return [r["id"] for r in records if r["status"] == 202 and r["ts"] >= after]
-
-
-def summary(records: list[Record]) -> str:
-    by = Counter((r["status"], r["reason"]) for r in records)
-    return ", ".join(f"{s}/{reason or '-'}: {n}" for (s, reason), n in sorted(by.items(), key=str))
 
 
 @dataclass
@@ -447,57 +442,3 @@ class Drill:
             load.kill()
         for gw in self.gateways:
             gw.kill()
-
-
-@dataclass
-class FaultCount:
-    """What partners were promised against where it ended: delivered, parked or nowhere.
-
-    lost: 202'd ids that never reached the backend and are not parked as the drill expects.
-    dead-lettered: parked by RabbitMQ itself (delivery limit), never by the gateway.
-    """
-
-    fault: str
-    records: list[Record]
-    arrived: list[str]  # every successful POST, duplicates included
-    parked: list[Parked]
-    expect_parked: frozenset[str]
-    extra: dict[str, object]
-    promised: set[str] = field(init=False)
-    lost: list[str] = field(init=False)
-    duplicates: int = field(init=False)
-    dead_lettered: list[Parked] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.promised = set(accepted(self.records))
-        counts = Counter(self.arrived)
-        parked_as_expected = {p.message_id for p in self.parked} & self.expect_parked
-        self.lost = sorted(self.promised - set(counts) - parked_as_expected)
-        self.duplicates = sum(n - 1 for n in counts.values())
-        self.dead_lettered = [p for p in self.parked if p.dead_lettered]
-
-    def line(self) -> str:
-        extra = ", ".join(f"{k} {v}" for k, v in self.extra.items())
-        return (
-            f"FAULT {self.fault}: posted {len(self.records)}, 202 {len(self.promised)}, "
-            f"delivered {len(set(self.arrived))} unique ({len(set(self.arrived) - self.promised)} without a 202), "
-            f"lost {len(self.lost)}, duplicates {self.duplicates}, "
-            f"parked {len(self.parked)}, dead-lettered {len(self.dead_lettered)}; {extra}; "
-            f"answers: {summary(self.records)}"
-        )
-
-    def check(self, *, parked: int = 0, also: Iterable[str | None] = ()) -> None:
-        """Assert lost 0, dead-lettered 0, `parked` parked, and the drill's own findings (`also`,
-        None for a finding that held). One AssertionError lists everything that broke."""
-        broken = [p for p in also if p]
-        if self.lost:
-            broken.insert(0, f"lost {len(self.lost)}: 202'd, never delivered, not parked as expected: {self.lost[:10]}")
-        if self.dead_lettered:
-            ids = [p.message_id for p in self.dead_lettered][:10]
-            broken.append(f"dead-lettered {len(self.dead_lettered)} by the delivery limit (x-death, no reason): {ids}")
-        if len(self.parked) != parked:
-            found = [(p.message_id, p.reason or "no reason") for p in self.parked][:10]
-            broken.append(f"parked {len(self.parked)}, expected {parked}: {found}")
-        if self.extra.get("conflicts"):
-            broken.append("a duplicate delivery carried different bytes")
-        assert not broken, f"{self.line()}\n  - " + "\n  - ".join(broken)
