@@ -14,9 +14,9 @@ How a message ends, and what it costs:
 - failing (refused, timeout, 5xx, 408, 429): retried in place with backoff while the
   circuit is closed. Attempts are counted across redeliveries in the `x-swgw-attempts`
   header. A message that has used `max_attempts` is parked with reason `max_attempts`
-  when the backend delivered another message while it was failing (a poison message, not
-  an outage); otherwise its failures are the outage's: the circuit opens and the message
-  waits in the queue.
+  whatever the circuit state when the backend is evidently up: another message got through
+  while it was failing, or the health probe answers healthy (a poison message). Only when
+  neither holds are its failures the outage's: the circuit opens and it waits in the queue.
 - handed back (the circuit opened, the destination was paused, parking is stuck): the
   message is republished to the tail of its queue with a confirm and then acked, never
   nack-requeued. A requeue counts against the quorum queue's `x-delivery-limit` (RabbitMQ
@@ -232,10 +232,15 @@ class DestinationWorker:
                 await asyncio.sleep(self.broker.settings.broker.reconnect_interval_s)
 
     async def _session(self, channel: AbstractChannel) -> None:
+        """Until the channel closes: keep the consumer as wanted, probe while open.
+
+        It does not end when the worker stops: in-flight deliveries still need the channel to
+        ack on, and `stop()` cancels this loop only after they have finished.
+        """
         self._queue = await channel.declare_queue(self.queue_name, passive=True)
         closed = asyncio.ensure_future(channel.closed())
         try:
-            while not self._stopping:
+            while True:
                 self._wake.clear()
                 await self._reconcile()
                 timeout = self.dest.probe_interval_s if self.breaker.state is CircuitState.OPEN else None
@@ -285,9 +290,13 @@ class DestinationWorker:
         self.metrics.circuit_state.labels(dest).set(new.code)
         self.metrics.circuit_changed.labels(dest).set(self.circuit_changed_at)
         if new is CircuitState.OPEN:
-            if old is CircuitState.CLOSED:
+            # A failed trial re-opens every probe interval for the whole outage: one warning
+            # when the outage starts, info lines after that.
+            first = old is CircuitState.CLOSED
+            if first:
                 self.metrics.circuit_opened.labels(dest).inc()
-            log.warning(
+            log.log(
+                logging.WARNING if first else logging.INFO,
                 "circuit opened: backend unreachable or failing; holding messages in the queue",
                 extra={"event": "circuit_open", "destination": dest, "state": new.value},
             )
@@ -401,9 +410,12 @@ class DestinationWorker:
             return await self._park(raw, msg, "rejected", exc, attempts[0])
         except TransientDeliveryError as exc:
             if attempts[0] >= self.dest.max_attempts:
-                if self._successes > successes_before:  # others got through while this one failed: poison
+                # Poison or outage? Others got through while this one failed, or the backend's
+                # health check says it is up: the fault is this message's. Otherwise the
+                # backend is down for everyone: open the circuit and let the message wait.
+                if self._successes > successes_before or await self.sender.probe():
                     return await self._park(raw, msg, "max_attempts", exc, attempts[0])
-                self.breaker.force_open()  # it failed alone and nobody else got through: an outage
+                self.breaker.force_open()
             if self._stopping:
                 return None
             return await self._hand_back(raw, msg.with_attempts(attempts[0]), self._why_not())
