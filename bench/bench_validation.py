@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway import rules  # noqa: E402
-from gateway.config import load_settings  # noqa: E402
-from gateway.validation import Validator  # noqa: E402
+from gateway.intake.validation import Validator  # noqa: E402
+from gateway.settings.config import load_settings  # noqa: E402
 
 CONFIG = ROOT / "schemas" / "examples" / "message-set.toml"
 

@@ -1,6 +1,6 @@
 """The ceiling: the least a gateway can do per message on this machine, with the same tools.
 
-aiohttp POST handler → hardened lxml parse (same parser options as gateway/validation.py)
+aiohttp POST handler → hardened lxml parse (same parser options as gateway/intake/validation.py)
 → envelope XSD + payload XSD validation (the same schemas) → confirmed publish to a quorum
 queue (one channel shared by all requests, so confirms pipeline across requests; persistent,
 mandatory, the same AMQP headers the gateway sets) → 202. Nothing else: no auth, dedup,
@@ -26,7 +26,7 @@ from aiohttp import web
 from lxml import etree
 
 from bench.common import RABBIT_URL, ROOT, SCHEMA_FILE
-from gateway.validation import untrusted_parser
+from gateway.intake.validation import untrusted_parser
 
 ENVELOPE_XSD = ROOT / "schemas" / "envelope" / "envelope-1.xsd"
 

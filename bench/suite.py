@@ -408,9 +408,9 @@ async def _depth(queue: str) -> int:
 async def declare_topology(config: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from gateway.broker import Broker
-    from gateway.config import load_settings
-    from gateway.metrics import Metrics
+    from gateway.broker.publisher import Broker
+    from gateway.observability.metrics import Metrics
+    from gateway.settings.config import load_settings
 
     settings = load_settings(config)
     broker = Broker(settings, Metrics(CollectorRegistry()))

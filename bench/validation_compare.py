@@ -4,7 +4,7 @@ For every invalid example that breaks its schema (rule-only examples are schema-
 produce the same rule problems either way), print what a partner would read:
 
   expected  the example's swgw-expect comment
-  lxml      the Problem the gateway answers with today (gateway.validation on libxml2)
+  lxml      the Problem the gateway answers with today (gateway.intake.validation on libxml2)
   xmlschema line, path and reason of each xmlschema error (its long `message` and the
             schema-component dump are left out: partners do not read XSD source)
 
@@ -26,9 +26,9 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import load_settings  # noqa: E402
 from gateway.errors import IngressError  # noqa: E402
-from gateway.validation import Validator  # noqa: E402
+from gateway.intake.validation import Validator  # noqa: E402
+from gateway.settings.config import load_settings  # noqa: E402
 
 CONFIG = ROOT / "schemas" / "examples" / "message-set.toml"
 _EXPECT = re.compile(r"<!--\s*swgw-expect:(.*?)-->", re.S)

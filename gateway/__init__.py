@@ -1,3 +1,20 @@
-"""swgw: single-window message gateway."""
+"""swgw: single-window message gateway.
+
+The package follows one message from the partner's POST to the backend, a folder per stage:
+
+    intake/         HTTP handler, identity, limits, XML and schemas, rules, signatures, routing, dedup
+    broker/         RabbitMQ topology and the confirmed publisher (the publishing connection)
+    delivery/       consumer connection, per-destination workers, circuit, retries, parking
+    operations/     what ops do to messages afterwards: replay, the admin API
+    observability/  metrics, logs, problem+json answers
+    settings/       the TOML config: model, reader, cross-table checks
+    runtime/        create_app, serving, health: the only code that wires the stages together
+    tools/          simulator, demo, schema docs, status screen: never on a message's path
+
+Beside them, the kernel every stage may use: errors.py, messages.py (the queued message and
+its AMQP form), supervise.py (supervised background tasks). cli.py is the command line.
+What may import what is written down in tests/unit/test_layout.py and enforced there.
+Nothing is imported from the package root.
+"""
 
 __version__ = "0.1.0"

@@ -19,12 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import logs, tls
-from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError, GatewayError, IngressError
+from gateway.intake import tls
+from gateway.observability import logs
+from gateway.settings.config import Settings, load_settings
 
 if TYPE_CHECKING:
-    from gateway.replay import ReplayFilter
+    from gateway.operations.replay import ReplayFilter
 
 EXIT_REPLAY_REFUSED = 3  # another replay of the destination holds the lock; nothing was read
 EXIT_REPLAY_TIME_LIMIT = 4  # stopped at --timeout-s: confirmed ones are replayed, the rest stays parked
@@ -86,7 +87,7 @@ def _exit_with(pid: int) -> Callable[[object], AsyncIterator[None]]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from gateway.app import ADMIN_APP, create_app
+    from gateway.runtime.app import ADMIN_APP, create_app
 
     settings = _load(args)
     logs.setup(settings.logging)
@@ -142,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _replay_filter(args: argparse.Namespace) -> ReplayFilter:
-    from gateway.replay import ReplayFilter, parse_time
+    from gateway.operations.replay import ReplayFilter, parse_time
 
     return ReplayFilter(
         since=parse_time(args.since),
@@ -155,7 +156,7 @@ def _replay_filter(args: argparse.Namespace) -> ReplayFilter:
 
 
 def cmd_parked_list(args: argparse.Namespace) -> int:
-    from gateway import replay
+    from gateway.operations import replay
 
     settings = _load(args)
 
@@ -179,8 +180,8 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from gateway import replay
     from gateway.errors import ReplayInProgress
+    from gateway.operations import replay
 
     settings = _load(args)
     flt = _replay_filter(args)
@@ -221,7 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _timeout_s(value: str) -> float:
-    from gateway.replay import check_timeout
+    from gateway.operations.replay import check_timeout
 
     try:
         return check_timeout(float(value))
@@ -230,13 +231,13 @@ def _timeout_s(value: str) -> float:
 
 
 def cmd_schema_docs(args: argparse.Namespace) -> int:
-    from gateway import schemadoc
+    from gateway.tools import schemadoc
 
     return schemadoc.main(["--check"] if args.check else [])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway.tools import demo
 
     settings = _load(args)
     logs.setup(settings.logging)
@@ -244,14 +245,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway import simulator
+    from gateway.tools import simulator
 
     return simulator.run(args)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.signature import SignatureVerifier
-    from gateway.validation import Validator
+    from gateway.intake.signature import SignatureVerifier
+    from gateway.intake.validation import Validator
 
     settings = _load(args)
     Validator.from_settings(settings)  # compiles every schema: a broken XSD fails here
@@ -273,9 +274,9 @@ def _xml_files(paths: Sequence[str]) -> list[Path]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from gateway import rules
-    from gateway.routing import Router
-    from gateway.validation import Validator
+    from gateway.intake import rules
+    from gateway.intake.routing import Router
+    from gateway.intake.validation import Validator
 
     settings = _load(args)
     validator = Validator.from_settings(settings, rules=rules.check)
@@ -409,13 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-running", action="store_true", help="leave gateway and simulators up afterwards")
     p.set_defaults(func=cmd_demo)
 
-    from gateway import simulator
+    from gateway.tools import simulator
 
     p = sub.add_parser("simulate", help="run the backend simulator (drills, demo, tests)")
     simulator.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
-    from gateway import status
+    from gateway.tools import status
 
     p = sub.add_parser("status", help="one screen per destination: state, backlog, parked, delivery rate, last success")
     status.add_arguments(p)

@@ -16,7 +16,7 @@ GatewayError
 │   ├── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
 │   │   └── ConfirmTimeout    503    no confirm within broker.confirm_timeout_s (may still be queued)
 │   ├── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
-│   └── (gateway/dedup.py)           MessageIdReused 409, DuplicateInFlight 503, DedupUnavailable 503
+│   └── (gateway/intake/dedup/policy.py)           MessageIdReused 409, DuplicateInFlight 503, DedupUnavailable 503
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
     └── PermanentDeliveryError       park now (other 4xx)
@@ -177,7 +177,7 @@ class ConfirmTimeout(BrokerUnavailable):
     `outcome`, when not None, is the publish still waiting for the broker's late answer: it
     ends with None on a late ack and raises BrokerUnavailable on a late nack, return or lost
     connection. Whoever catches this error owns `outcome` and must await it (bounded) or
-    cancel it; gateway/dedup.py settles the MessageId's claim with it.
+    cancel it; gateway/intake/dedup/policy.py settles the MessageId's claim with it.
     """
 
     reason = "broker_timeout"

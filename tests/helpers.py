@@ -24,10 +24,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.app import BROKER, create_app
-from gateway.broker import Names
-from gateway.config import Settings, load_settings
-from gateway.simulator import Simulator
+from gateway.broker.publisher import Names
+from gateway.runtime.app import BROKER, create_app
+from gateway.settings.config import Settings, load_settings
+from gateway.tools.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -274,7 +274,7 @@ def with_message_id(body: bytes, message_id: str) -> bytes:
     return body[:start] + message_id.encode() + body[end:]
 
 
-# --- dedup: PostgreSQL for the shared store of seen ids (gateway/dedup.py) ---------------------
+# --- dedup: PostgreSQL for the shared store of seen ids (gateway/intake/dedup/policy.py) ---------------------
 # ops/setup-env.sh creates this role and database; trust or password auth both work with it.
 PG_DSN = os.environ.get("SWGW_TEST_PG_DSN", "postgresql://swgw:swgw@127.0.0.1:5432/swgw_test")
 

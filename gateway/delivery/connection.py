@@ -26,8 +26,8 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from gateway.config import Broker as BrokerSettings
 from gateway.errors import BrokerUnavailable
+from gateway.settings.config import Broker as BrokerSettings
 
 log = logging.getLogger("swgw.delivery.connection")
 

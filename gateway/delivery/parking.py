@@ -19,11 +19,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from gateway.broker import Broker
-from gateway.config import Destination
+from gateway.broker.publisher import Broker
 from gateway.errors import BrokerUnavailable
 from gateway.messages import EXCERPT_MAX, Parking, QueuedMessage, iso, now_utc
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination
 
 log = logging.getLogger("swgw.delivery.parking")
 

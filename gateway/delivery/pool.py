@@ -14,12 +14,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.broker import Broker
-from gateway.config import Destination
+from gateway.broker.publisher import Broker
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.worker import DestinationWorker
 from gateway.messages import iso
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination
 from gateway.supervise import spawn_supervised
 
 

@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from gateway.config import Destination
+from gateway.delivery.retry import classify, parse_retry_after
 from gateway.errors import PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import EXCERPT_MAX, QueuedMessage
-from gateway.metrics import Metrics
-from gateway.retry import classify, parse_retry_after
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination
 
 
 class Sender:

@@ -47,16 +47,16 @@ from typing import Any
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from gateway.broker import Broker
-from gateway.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
-from gateway.config import Destination
+from gateway.broker.publisher import Broker
+from gateway.delivery.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.parking import Parker
+from gateway.delivery.retry import retrying
 from gateway.delivery.sender import Sender
 from gateway.errors import BrokerUnavailable, PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import QueuedMessage
-from gateway.metrics import Metrics
-from gateway.retry import retrying
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination
 from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.delivery")

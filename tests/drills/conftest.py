@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import Simulator
+from gateway.tools.simulator import Simulator
 from tests.drills import queues
 from tests.drills.harness import Drill
 from tests.rabbit_node import RabbitNode, rabbitmq_sbin

@@ -27,8 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.broker import Names
-from gateway.simulator import Simulator
+from gateway.broker.publisher import Names
+from gateway.tools.simulator import Simulator
 from tests.drills import queues
 
 # Re-exported: drill modules import the count's helpers from here.

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.simulator import Simulator
+from gateway.tools.simulator import Simulator
 from tests.drills import queues
 from tests.drills.harness import (
     Drill,

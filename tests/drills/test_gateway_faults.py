@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.broker import Names
-from gateway.simulator import Simulator
+from gateway.broker.publisher import Names
+from gateway.tools.simulator import Simulator
 from tests.drills.harness import (  # noqa: F401  (Drill, destination: where other drill modules look)
     Drill,
     accepted,

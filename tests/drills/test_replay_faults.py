@@ -30,8 +30,8 @@ import aiohttp
 import aiormq.exceptions
 import pytest
 
-from gateway.replay import lock_name
-from gateway.simulator import Simulator
+from gateway.operations.replay import lock_name
+from gateway.tools.simulator import Simulator
 from tests.drills import queues
 from tests.drills.harness import TEMPLATE, Check, Drill, GatewayProcess, destination, holds_within
 from tests.helpers import ADMIN_TOKEN, OTHER_TOKEN, ROOT, TOKEN, config_doc, free_port, sha, to_toml, with_message_id

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.simulator import Simulator
+from gateway.tools.simulator import Simulator
 from tests.helpers import RunningGateway, config_doc, fast_destination, run_gateway, write_settings
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import BROKER
+from gateway.runtime.app import BROKER
 from tests.helpers import SCHEMAS, TcpProxy, config_doc, run_gateway, with_message_id, write_settings
 
 pytestmark = pytest.mark.integration

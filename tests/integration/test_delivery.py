@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import DELIVERY
-from gateway.broker import Names
+from gateway.broker.publisher import Names
 from gateway.messages import QueuedMessage
-from gateway.simulator import Simulator
+from gateway.runtime.app import DELIVERY
+from gateway.tools.simulator import Simulator
 from tests.helpers import CUSDEC_BODY as BODY
 from tests.helpers import (
     TOKEN,

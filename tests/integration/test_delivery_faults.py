@@ -11,10 +11,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from gateway.app import DELIVERY
-from gateway.broker import PARKING_ARGUMENTS, Names
+from gateway.broker.publisher import PARKING_ARGUMENTS, Names
 from gateway.messages import QueuedMessage
-from gateway.simulator import Simulator
+from gateway.runtime.app import DELIVERY
+from gateway.tools.simulator import Simulator
 from tests.helpers import (
     RABBIT_URL,
     TcpProxy,

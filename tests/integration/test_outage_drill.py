@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import BROKER, DELIVERY
-from gateway.simulator import Simulator
+from gateway.runtime.app import BROKER, DELIVERY
+from gateway.tools.simulator import Simulator
 from tests.helpers import CUSDEC_BODY as BODY
 from tests.helpers import (
     RunningGateway,

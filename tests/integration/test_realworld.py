@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from gateway.broker import Names
-from gateway.validation import Validator
+from gateway.broker.publisher import Names
+from gateway.intake.validation import Validator
 from tests.helpers import (
     SHARED,
     RunningGateway,
@@ -109,8 +109,8 @@ def wco_driver(tmp_path: Path) -> Path:
 
 
 def test_hmrc_wco_declarations_validate_offline_and_defects_are_refused(tmp_path: Path) -> None:
-    from gateway.config import MessageType
     from gateway.errors import InvalidMessage, MalformedXML
+    from gateway.settings.config import MessageType
 
     validator = Validator([MessageType("WCO-DEC", wco_driver(tmp_path), "MetaData")])
     samples = sorted((WCO / "examples" / "annotated_XML_samples").rglob("*.xml"))

@@ -20,13 +20,13 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
-from gateway import replay
-from gateway.app import METRICS
-from gateway.broker import Names, queue_arguments
-from gateway.config import Settings
+from gateway.broker.publisher import Names, queue_arguments
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import Parking, QueuedMessage
-from gateway.simulator import Simulator
+from gateway.operations import replay
+from gateway.runtime.app import METRICS
+from gateway.settings.config import Settings
+from gateway.tools.simulator import Simulator
 from tests.helpers import ADMIN_TOKEN, ROOT, RunningGateway, admin, config_doc, get_all, write_settings
 
 pytestmark = pytest.mark.integration

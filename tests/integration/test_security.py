@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway import tls
-from gateway.app import BROKER, INGRESS, create_app
-from gateway.broker import Names
-from gateway.config import Settings
-from gateway.logs import JsonFormatter
-from gateway.ratelimit import ConcurrencyGate
+from gateway.broker.publisher import Names
+from gateway.intake import tls
+from gateway.intake.limits import ConcurrencyGate
+from gateway.observability.logs import JsonFormatter
+from gateway.runtime.app import BROKER, INGRESS, create_app
+from gateway.settings.config import Settings
 from tests.fixtures.security.pki import Issued, issue, make_ca, sign_envelope, signing_identity
 from tests.helpers import (
     OTHER_TOKEN,

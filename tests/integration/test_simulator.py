@@ -1,4 +1,4 @@
-"""gateway.simulator over real loopback TCP with a real aiohttp client.
+"""gateway.tools.simulator over real loopback TCP with a real aiohttp client.
 
 Timing is never asserted. Where a mode involves time (slow, flap) the simulator gets a
 step-controlled sleep, so the test decides when the pause ends.
@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.simulator import Mode, Simulator, add_arguments, mode_from_args, run
+from gateway.tools.simulator import Mode, Simulator, add_arguments, mode_from_args, run
 
 ROOT = Path(__file__).resolve().parents[2]
 XML = b"<Envelope><Id>m-1</Id></Envelope>"
@@ -455,7 +455,7 @@ def test_cli_refuses_a_bad_starting_mode(capsys: pytest.CaptureFixture[str]) -> 
 
 async def test_command_line_serves_until_sigterm(client: aiohttp.ClientSession) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = ["-m", "gateway.simulator", "--port", "0", "--control-port", "0", "--mode", "reject"]
+    argv = ["-m", "gateway.tools.simulator", "--port", "0", "--control-port", "0", "--mode", "reject"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *argv, "--reject-type", "CUSDEC", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
     )

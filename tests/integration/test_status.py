@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway import status
-from gateway.app import BROKER, DELIVERY
-from gateway.simulator import Simulator
+from gateway.runtime.app import BROKER, DELIVERY
+from gateway.tools import status
+from gateway.tools.simulator import Simulator
 from tests.helpers import (
     ADMIN_TOKEN,
     RunningGateway,

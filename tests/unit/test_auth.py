@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway import auth
-from gateway.auth import Authenticator, check_admin, token_hash
-from gateway.config import Admin, Partner, load_settings
 from gateway.errors import ConfigError, Forbidden, Unauthenticated
+from gateway.intake import identity as auth
+from gateway.intake.identity import Authenticator, check_admin, token_hash
+from gateway.settings.config import Admin, Partner, load_settings
 from tests.fixtures.security.pki import Issued, issue, make_ca
 from tests.helpers import config_doc, sha, to_toml
 

@@ -1,4 +1,4 @@
-"""Broker publishing without a broker: what a confirm timeout hands over (gateway/broker.py).
+"""Broker publishing without a broker: what a confirm timeout hands over (gateway/broker/publisher.py).
 
 A fake exchange answers a publish only when the test resolves its future, so a confirm
 timeout happens for certain, whatever the machine's load; nothing here measures time.
@@ -17,10 +17,10 @@ import aiormq.exceptions
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.broker import Broker
+from gateway.broker.publisher import Broker
 from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from tests.helpers import config_doc, write_settings
 
 

@@ -1,4 +1,4 @@
-"""gateway.circuit: breaker transitions, slow-start ramp, rate limiter; all on a fake clock."""
+"""gateway.delivery.circuit: breaker transitions, slow-start ramp, rate limiter; all on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
+from gateway.delivery.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
 
 
 class FakeClock:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Secret, load_settings
 from gateway.errors import ConfigError
+from gateway.settings.config import Secret, load_settings
 from tests.helpers import config_doc, to_toml
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.config import Dedup, Secret, load_settings
-from gateway.dedup import (
+from gateway.errors import BrokerUnavailable, ConfigError, ConfirmTimeout
+from gateway.intake.dedup.late import LATE_OUTCOMES
+from gateway.intake.dedup.policy import (
     Claimed,
     Deduplicator,
     DedupStore,
@@ -26,12 +27,11 @@ from gateway.dedup import (
     Seen,
     StoreError,
 )
-from gateway.dedup_late import LATE_OUTCOMES
-from gateway.dedup_postgres import PostgresStore
-from gateway.dedup_sqlite import SqliteStore
-from gateway.errors import BrokerUnavailable, ConfigError, ConfirmTimeout
+from gateway.intake.dedup.postgres import PostgresStore
+from gateway.intake.dedup.sqlite import SqliteStore
 from gateway.messages import QueuedMessage
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Dedup, Secret, load_settings
 from tests.helpers import config_doc, drop_pg_table, free_port, require_postgres, to_toml
 
 DAY = 86_400.0
@@ -212,7 +212,7 @@ def message(message_id: str = "M-1", body: bytes = b"<x/>") -> QueuedMessage:
 class Broker:
     """Records publishes; `fail` makes the next publishes raise like an unconfirmed publish.
 
-    `time_out` makes the next publish behave like gateway.broker.Broker.publish when no
+    `time_out` makes the next publish behave like gateway.broker.publisher.Broker.publish when no
     confirm comes within confirm_timeout_s: with keep_waiting it raises ConfirmTimeout
     carrying the still-pending outcome, which ends when the test resolves `late`
     (set_result(None) = late ack, set_exception(...) = late nack, return or lost connection).

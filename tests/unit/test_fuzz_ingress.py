@@ -24,12 +24,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway import rules
-from gateway.auth import Authenticator
-from gateway.config import MessageType, Partner
 from gateway.errors import Forbidden, IngressError
-from gateway.signature import SignatureVerifier
-from gateway.validation import Validator, parse_xml
+from gateway.intake import rules
+from gateway.intake.identity import Authenticator
+from gateway.intake.signature import SignatureVerifier
+from gateway.intake.validation import Validator, parse_xml
+from gateway.settings.config import MessageType, Partner
 from tests.fixtures.security.pki import sign_envelope, signing_identity
 from tests.helpers import SCHEMAS, TOKEN, RunningGateway, config_doc, free_port, run_gateway, sha, write_settings
 

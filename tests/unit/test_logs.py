@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import logs
-from gateway.config import Logging
+from gateway.observability import logs
+from gateway.settings.config import Logging
 
 BODY = b'<?xml version="1.0"?><Envelope><Body><Declaration>SECRET-CARGO-42</Declaration></Body></Envelope>'
 TOKEN = "tok_9f8e7d6c5b4a"
@@ -142,7 +142,7 @@ def test_cached_timestamp_is_exactly_isoformat_milliseconds() -> None:
     import random
     from datetime import UTC, datetime
 
-    from gateway.logs import _UtcStamp
+    from gateway.observability.logs import _UtcStamp
 
     stamp = _UtcStamp()
     rng = random.Random(7)

@@ -19,10 +19,10 @@ import pytest
 import xmlschema
 from lxml import etree
 
-from gateway import rules
-from gateway.config import Settings, load_settings
 from gateway.errors import IngressError
-from gateway.validation import Validator
+from gateway.intake import rules
+from gateway.intake.validation import Validator
+from gateway.settings.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.metrics import Metrics, request_timing_middleware
+from gateway.observability.metrics import Metrics, request_timing_middleware
 
 
 @pytest.fixture

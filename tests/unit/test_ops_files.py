@@ -3,7 +3,7 @@
 A dashboard panel or an alert on a misspelt or renamed metric fails silently: the query
 returns nothing, the panel is empty, the alert never fires. So every metric name in the
 alert rules and in the dashboard's PromQL is checked against the names registered by
-`gateway.metrics.Metrics`. (promtool checks syntax and alert behaviour; it cannot know
+`gateway.observability.metrics.Metrics`. (promtool checks syntax and alert behaviour; it cannot know
 which names exist: see tests/integration/test_promtool.py.)
 """
 
@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import Partner
 from gateway.errors import Overloaded, RateLimited
-from gateway.ratelimit import ConcurrencyGate, PartnerRateLimiter
+from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
+from gateway.settings.config import Partner
 
 
 class FakeClock:

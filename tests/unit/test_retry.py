@@ -1,4 +1,4 @@
-"""gateway.retry: backoff bounds and jitter, Retry-After parsing, status classes, the tenacity loop.
+"""gateway.delivery.retry: backoff bounds and jitter, Retry-After parsing, status classes, the tenacity loop.
 
 No real sleeping anywhere: the loop gets a fake sleep that records what it was asked to
 wait, and randomness comes from seeded `random.Random` instances.
@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import tenacity
 
-from gateway.config import Destination
+from gateway.delivery.retry import RETRY_AFTER_CAP_S, classify, compute_backoff, parse_retry_after, retrying
 from gateway.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from gateway.retry import RETRY_AFTER_CAP_S, classify, compute_backoff, parse_retry_after, retrying
+from gateway.settings.config import Destination
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
 

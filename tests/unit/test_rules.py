@@ -1,4 +1,4 @@
-"""gateway.rules: each business rule fires on the broken value, stays quiet at its boundary.
+"""gateway.intake.rules: each business rule fires on the broken value, stays quiet at its boundary.
 
 Payloads are the committed valid examples with one value changed, so every case is a
 realistic, schema-shaped document; the clock is fixed, so nothing depends on today.
@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 
 from gateway.errors import Problem
-from gateway.rules import CLOCK_SKEW, RULES, check, iso6346_check_digit
+from gateway.intake.rules import CLOCK_SKEW, RULES, check, iso6346_check_digit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)

@@ -1,6 +1,6 @@
-"""gateway.schemadoc: the committed schemas/README.md is exactly what the XSDs generate.
+"""gateway.tools.schemadoc: the committed schemas/README.md is exactly what the XSDs generate.
 
-If this fails after a schema change, run `python -m gateway.schemadoc` and commit the result.
+If this fails after a schema change, run `python -m gateway.tools.schemadoc` and commit the result.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gateway.schemadoc import README, SCHEMAS, default_paths, main, render
+from gateway.tools.schemadoc import README, SCHEMAS, default_paths, main, render
 
 XS = "{http://www.w3.org/2001/XMLSchema}"
 
@@ -21,7 +21,7 @@ def reference() -> str:
 
 
 def test_committed_readme_is_in_sync(reference: str) -> None:
-    assert README.read_text(encoding="utf-8") == reference, "run: python -m gateway.schemadoc"
+    assert README.read_text(encoding="utf-8") == reference, "run: python -m gateway.tools.schemadoc"
 
 
 def test_render_is_deterministic(reference: str) -> None:
@@ -32,7 +32,7 @@ def test_check_fails_on_stale_file_and_write_fixes_it(tmp_path: Path, capsys: py
     out = tmp_path / "README.md"
     out.write_text("# stale\n", encoding="utf-8")
     assert main(["--check", "--output", str(out)]) == 1
-    assert "out of date; run: python -m gateway.schemadoc" in capsys.readouterr().err
+    assert "out of date; run: python -m gateway.tools.schemadoc" in capsys.readouterr().err
     assert out.read_text(encoding="utf-8") == "# stale\n", "--check must not write"
     assert main(["--output", str(out)]) == 0
     assert main(["--check", "--output", str(out)]) == 0

@@ -8,11 +8,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.config import Destination
 from gateway.delivery.sender import Sender
 from gateway.errors import PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import QueuedMessage
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination
 
 MSG = QueuedMessage("M-1", None, "CUSDEC", "VN-NSW", "VN-VNACCS", "VN-NSW", "d", "2026-12-01T00:00:00.000Z", b"<x/>")
 

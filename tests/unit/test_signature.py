@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gateway.config import Partner
 from gateway.errors import ConfigError, Forbidden, IngressError
-from gateway.signature import DS_NS, SignatureVerifier
-from gateway.validation import Validator, parse_xml
+from gateway.intake.signature import DS_NS, SignatureVerifier
+from gateway.intake.validation import Validator, parse_xml
+from gateway.settings.config import Partner
 from tests.fixtures.security.pki import Issued, issue, sign_envelope, signing_identity
 from tests.helpers import SCHEMAS, sha
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway import status
-from gateway.status import Row, StatusError
+from gateway.tools import status
+from gateway.tools.status import Row, StatusError
 from tests.helpers import free_port
 
 NOW = datetime(2026, 11, 23, 8, 15, 2, tzinfo=UTC)

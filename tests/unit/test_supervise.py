@@ -8,7 +8,7 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from gateway.supervise import supervise
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import rules
-from gateway.config import MessageType
 from gateway.errors import InvalidMessage, MalformedXML
-from gateway.validation import Validator, parse_xml
+from gateway.intake import rules
+from gateway.intake.validation import Validator, parse_xml
+from gateway.settings.config import MessageType
 from tests.helpers import SCHEMAS, envelope
 
 CUSDEC = MessageType("CUSDEC", SCHEMAS / "customs" / "declaration.xsd")

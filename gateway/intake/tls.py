@@ -15,8 +15,8 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from gateway.config import Server
 from gateway.errors import ConfigError
+from gateway.settings.config import Server
 
 if TYPE_CHECKING:  # the CLI imports this module; keep aiohttp out of its start-up
     from aiohttp import web

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.app import BROKER, DELIVERY, create_app
-from gateway.auth import token_hash
-from gateway.config import Settings
-from gateway.simulator import Simulator
+from gateway.intake.identity import token_hash
+from gateway.runtime.app import BROKER, DELIVERY, create_app
+from gateway.settings.config import Settings
+from gateway.tools.simulator import Simulator
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 ATTACK = (
     b'<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>\n'
     b'<Envelope xmlns="urn:swgw:envelope:1">&lol2;</Envelope>'

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 
 from cryptography import x509
 
-from gateway.config import Admin, Partner
 from gateway.errors import Forbidden, Unauthenticated
+from gateway.settings.config import Admin, Partner
 
 
 def token_hash(token: str) -> str:

@@ -20,10 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.auth import Authenticator
-from gateway.broker import Broker
-from gateway.config import Partner, Settings
-from gateway.dedup import Deduplicator, MessageIdReused
+from gateway.broker.publisher import Broker
 from gateway.errors import (
     Forbidden,
     IngressError,
@@ -31,13 +28,16 @@ from gateway.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from gateway.intake.dedup.policy import Deduplicator, MessageIdReused
+from gateway.intake.identity import Authenticator
+from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
+from gateway.intake.routing import Router
+from gateway.intake.signature import SignatureVerifier
+from gateway.intake.tls import peer_certificate
+from gateway.intake.validation import Envelope, Validator
 from gateway.messages import QueuedMessage, iso, now_utc
-from gateway.metrics import UNKNOWN, Metrics
-from gateway.ratelimit import ConcurrencyGate, PartnerRateLimiter
-from gateway.routing import Router
-from gateway.signature import SignatureVerifier
-from gateway.tls import peer_certificate
-from gateway.validation import Envelope, Validator
+from gateway.observability.metrics import UNKNOWN, Metrics
+from gateway.settings.config import Partner, Settings
 
 log = logging.getLogger("swgw.ingress")
 XML_TYPES = frozenset({"application/xml", "text/xml"})
@@ -52,7 +52,7 @@ class Ingress:
     broker: Broker
     metrics: Metrics
     auth: Authenticator
-    # Duplicate elimination (gateway/dedup.py); create_app passes the configured one.
+    # Duplicate elimination (gateway/intake/dedup/policy.py); create_app passes the configured one.
     dedup: Deduplicator = field(default_factory=lambda: Deduplicator(None))
     # --- partner security (issue 6): built from settings; tests may swap in fake-clock ones ---
     limiter: PartnerRateLimiter = field(init=False)
@@ -63,7 +63,7 @@ class Ingress:
         self.limiter = PartnerRateLimiter(self.settings.partners)
         self.gate = ConcurrencyGate(self.settings.server.max_concurrency)
         self.signatures = SignatureVerifier(self.settings.partners, config_file=str(self.settings.path))
-        # How claims kept after a confirm timeout were settled (gateway/dedup.py). Wired here
+        # How claims kept after a confirm timeout were settled (gateway/intake/dedup/policy.py). Wired here
         # because the Deduplicator reaches us already built and this object owns the metrics.
         self.dedup.on_late = lambda outcome: self.metrics.dedup_late_outcomes.labels(outcome).inc()
 
@@ -127,7 +127,7 @@ class Ingress:
             body=body,
             test=env.test,
         )
-        # --- dedup: publish unless (sender, MessageId) was queued already (gateway/dedup.py) ---
+        # --- dedup: publish unless (sender, MessageId) was queued already (gateway/intake/dedup/policy.py) ---
         receipt = await self.dedup.publish_once(message, self.broker.publish)
         if receipt.duplicate:
             self.metrics.ingest_messages.labels(partner.id, env.message_type, "duplicate").inc()

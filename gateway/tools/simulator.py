@@ -24,7 +24,7 @@ port, whatever it answered) and POSTs per message id, failed ones included (`pos
 `post_counts`); `GET /_sim/state` carries `health_hits` and `posts`, `GET /_sim/posts` the
 count per id.
 
-`swgw simulate` = `add_arguments(parser)` then `run(namespace)`; `python -m gateway.simulator`
+`swgw simulate` = `add_arguments(parser)` then `run(namespace)`; `python -m gateway.tools.simulator`
 runs `main(argv)`. Tests use `Simulator` directly.
 """
 
@@ -44,7 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
-log = logging.getLogger("gateway.simulator")
+log = logging.getLogger("gateway.tools.simulator")
 
 MODES = ("up", "down", "error", "sick", "slow", "reject", "flap")
 Sleep = Callable[[float], Awaitable[None]]

@@ -6,7 +6,7 @@ loop built by `retrying()` and raises the error `classify()` names. Sleeping and
 randomness are injected so tests run in microseconds and deterministically.
 
 The retry loop is deliberately short-lived. A long outage is the circuit breaker's job
-(`gateway/circuit.py`): once it opens, `should_continue()` turns False, the loop gives
+(`gateway/delivery/circuit.py`): once it opens, `should_continue()` turns False, the loop gives
 up at once, and the message goes back to RabbitMQ instead of being held in worker
 memory for hours (the dramatiq delayed-message trap, see STYLE.md).
 """
@@ -23,8 +23,8 @@ from email.utils import parsedate_to_datetime
 
 import tenacity
 
-from gateway.config import Destination
 from gateway.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from gateway.settings.config import Destination
 
 #: Upper bound for any Retry-After we honour, in seconds. A backend (or a proxy in front
 #: of it) answering `Retry-After: 86400` must not be able to park a worker for a day.

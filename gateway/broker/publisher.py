@@ -17,7 +17,7 @@ the broker's ack; every other outcome (down, blocked by an alarm, nacked, unrout
 confirm within `confirm_timeout_s`) raises BrokerUnavailable, which the partner sees as
 503 + Retry-After. aio-pika/aiormq exceptions are translated here and nowhere else.
 Intake publishes with `keep_waiting`: a confirm timeout still answers 503, but the publish
-goes on waiting for the broker's late answer, which gateway/dedup.py uses to settle the
+goes on waiting for the broker's late answer, which gateway/intake/dedup/policy.py uses to settle the
 MessageId's claim (a late ack must not let the partner's retry queue a second copy).
 """
 
@@ -35,10 +35,10 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
-from gateway.config import Destination, Settings
 from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Destination, Settings
 from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.broker")

@@ -72,10 +72,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.config import Dedup
-from gateway.dedup_late import LateConfirms
 from gateway.errors import ConfirmTimeout, IngressError
+from gateway.intake.dedup.late import LateConfirms
 from gateway.messages import QueuedMessage
+from gateway.settings.config import Dedup
 
 log = logging.getLogger("swgw.dedup")
 Clock = Callable[[], float]
@@ -224,7 +224,7 @@ class Deduplicator:
     `late_confirm_wait_s` (default 30) bounds how long a publish whose confirm timed out is
     still awaited in the background to settle its claim; `close()` cancels those waits.
     `on_error(operation)` counts store failures; `on_late(outcome)` counts how each of those
-    background waits ended, one of LATE_OUTCOMES (gateway/dedup_late.py).
+    background waits ended, one of LATE_OUTCOMES (gateway/intake/dedup/late.py).
     """
 
     def __init__(
@@ -266,11 +266,11 @@ class Deduplicator:
         # and a gateway on SQLite (or a delivery-only process) never loads asyncpg.
         store: DedupStore | None
         if settings.backend == "postgres":
-            from gateway.dedup_postgres import PostgresStore
+            from gateway.intake.dedup.postgres import PostgresStore
 
             store = PostgresStore(settings, clock=clock)
         elif settings.backend == "sqlite":
-            from gateway.dedup_sqlite import SqliteStore
+            from gateway.intake.dedup.sqlite import SqliteStore
 
             store = SqliteStore(settings, clock=clock)
         else:

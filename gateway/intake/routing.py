@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.config import Route
 from gateway.errors import InvalidMessage
+from gateway.settings.config import Route
 
 
 class Router:

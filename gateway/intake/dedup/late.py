@@ -1,10 +1,10 @@
 """After a confirm timeout: keep the MessageId's claim until the broker's late answer settles it.
 
-The partner has its 503 already; the publish goes on waiting (gateway/broker.py hands it
+The partner has its 503 already; the publish goes on waiting (gateway/broker/publisher.py hands it
 over in `ConfirmTimeout.outcome`) and one tracked task per claim settles it by the answer:
 a late ack records the id as queued, a late nack, return or lost connection releases the
 claim. No answer within `wait_s`, a stop, or an unexpected error leave the claim to go stale
-(gateway/dedup.py says what that costs). Every ending is logged and counted; nothing is
+(gateway/intake/dedup/policy.py says what that costs). Every ending is logged and counted; nothing is
 swallowed and no task outlives `close()`.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import BrokerUnavailable
 
 if TYPE_CHECKING:  # dedup.py imports this module; the types only are needed here
-    from gateway.dedup import Claimed, Receipt
+    from gateway.intake.dedup.policy import Claimed, Receipt
 
 log = logging.getLogger("swgw.dedup")
 

@@ -11,7 +11,7 @@ admin token configured the API answers 403 to everyone rather than being open.
     POST /admin/destinations/{id}/replay             JSON: same filters + rate, dry_run, timeout_s
 
 A replay answers 409 problem+json (`replay_in_progress`) at once while another replay of the
-same destination runs anywhere (another gateway, `swgw replay`); see gateway/replay.py.
+same destination runs anywhere (another gateway, `swgw replay`); see gateway/operations/replay.py.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import replay
-from gateway.auth import check_admin
-from gateway.broker import Broker
-from gateway.config import Admin
+from gateway.broker.publisher import Broker
 from gateway.delivery import Delivery
 from gateway.errors import InvalidMessage
-from gateway.metrics import Metrics
+from gateway.intake.identity import check_admin
+from gateway.observability.metrics import Metrics
+from gateway.operations import replay
+from gateway.settings.config import Admin
 
 
 def _timeout(params: dict[str, Any]) -> float:

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.broker import Broker
-from gateway.validation import Validator
+from gateway.broker.publisher import Broker
+from gateway.intake.validation import Validator
 
 DestinationStates = Callable[[], dict[str, dict[str, Any]]]
 

@@ -8,7 +8,7 @@ Rejected response carries errors, an import names the importer's tax id). Every 
 system checks these, and a partner would otherwise learn about them only from a rejection
 hours later at the backend.
 
-Rules run only on payloads that passed their schema (see `gateway.validation.Validator`),
+Rules run only on payloads that passed their schema (see `gateway.intake.validation.Validator`),
 so they may assume required elements exist and values have their lexical types; they still
 never raise on odd input, because a rule crash would turn a partner's 422 into our 500.
 They are pure: `now` is passed in, nothing is read from the clock, disk or network.
@@ -27,7 +27,7 @@ from decimal import Decimal, InvalidOperation
 from lxml import etree
 
 from gateway.errors import Problem
-from gateway.validation import readable_path
+from gateway.intake.validation import readable_path
 
 CLOCK_SKEW = timedelta(minutes=5)
 """How far in the future a timestamp may be before it is refused: senders' clocks drift."""

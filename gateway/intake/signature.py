@@ -43,8 +43,8 @@ from signxml.algorithms import CanonicalizationMethod
 from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
-from gateway.config import Partner
 from gateway.errors import ConfigError, Forbidden
+from gateway.settings.config import Partner
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 SIGNATURE_TAG = f"{{{DS_NS}}}Signature"

@@ -1,4 +1,4 @@
-"""The PostgreSQL store of seen ids, shared by every replica (see gateway/dedup.py)."""
+"""The PostgreSQL store of seen ids, shared by every replica (see gateway/intake/dedup/policy.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,18 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway.config import Dedup
-from gateway.dedup import PURGE_BATCH, Claimed, ClaimResult, Clock, InFlight, Limits, Receipt, Seen, StoreError
+from gateway.intake.dedup.policy import (
+    PURGE_BATCH,
+    Claimed,
+    ClaimResult,
+    Clock,
+    InFlight,
+    Limits,
+    Receipt,
+    Seen,
+    StoreError,
+)
+from gateway.settings.config import Dedup
 
 
 def _ts(epoch: float) -> datetime:

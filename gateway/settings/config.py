@@ -177,7 +177,7 @@ class Admin:
     host: str | None = None
     port: int | None = None
     # Every accepted admin hash (rotation: old and new at once); `token_sha256` is the first.
-    # Check credentials with `gateway.auth.check_admin`, which accepts all of them.
+    # Check credentials with `gateway.intake.identity.check_admin`, which accepts all of them.
     token_hashes: tuple[str, ...] = ()
 
 
@@ -187,13 +187,13 @@ class Logging:
     format: str = "json"
 
 
-# --- dedup (gateway/dedup.py) -----------------------------------------------------------
+# --- dedup (gateway/intake/dedup/policy.py) -----------------------------------------------------------
 DEDUP_BACKENDS = ("sqlite", "postgres", "none")
 
 
 @dataclass(frozen=True)
 class Dedup:
-    """The store of seen (sender, MessageId) pairs; gateway/dedup.py says why SQLite is the default.
+    """The store of seen (sender, MessageId) pairs; gateway/intake/dedup/policy.py says why SQLite is the default.
 
     `path` (sqlite) is relative to the config file; `dsn` (postgres) is a Secret, env
     `SWGW_DEDUP_DSN` overrides it. `table` defaults to `<broker.prefix>_dedup` (non

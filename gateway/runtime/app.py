@@ -17,19 +17,20 @@ from typing import Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway import health, rules
-from gateway.admin import AdminApi
-from gateway.auth import Authenticator
-from gateway.broker import Broker
-from gateway.config import Settings
-from gateway.dedup import Deduplicator
+from gateway.broker.publisher import Broker
 from gateway.delivery import Delivery
-from gateway.ingress import Ingress
-from gateway.metrics import Metrics, metrics_handler, request_timing_middleware
-from gateway.problems import problem_middleware
-from gateway.routing import Router
+from gateway.intake import rules
+from gateway.intake.dedup.policy import Deduplicator
+from gateway.intake.handler import Ingress
+from gateway.intake.identity import Authenticator
+from gateway.intake.routing import Router
+from gateway.intake.validation import Validator
+from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
+from gateway.observability.problems import problem_middleware
+from gateway.operations.admin import AdminApi
+from gateway.runtime import health
+from gateway.settings.config import Settings
 from gateway.supervise import spawn_supervised
-from gateway.validation import Validator
 
 Role = Literal["all", "ingress", "delivery"]
 ROLES: tuple[Role, ...] = ("all", "ingress", "delivery")

@@ -1,4 +1,4 @@
-"""The SQLite store of seen ids: one local file, for a single host (see gateway/dedup.py)."""
+"""The SQLite store of seen ids: one local file, for a single host (see gateway/intake/dedup/policy.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Dedup
-from gateway.dedup import PURGE_BATCH, Claimed, ClaimResult, Clock, InFlight, Limits, Receipt, Seen, StoreError
+from gateway.intake.dedup.policy import (
+    PURGE_BATCH,
+    Claimed,
+    ClaimResult,
+    Clock,
+    InFlight,
+    Limits,
+    Receipt,
+    Seen,
+    StoreError,
+)
+from gateway.settings.config import Dedup
 
 
 def _add_digest_column(db: sqlite3.Connection, table: str) -> None:
@@ -37,7 +47,7 @@ def _add_digest_column(db: sqlite3.Connection, table: str) -> None:
 
 
 class SqliteStore:
-    """Seen ids in a local SQLite file (gateway/dedup.py says when that is enough).
+    """Seen ids in a local SQLite file (gateway/intake/dedup/policy.py says when that is enough).
 
     One connection, used from worker threads under a lock: the lock is taken inside the
     thread, so a cancelled request can never leave two threads on the connection. WAL with

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from gateway.config import Partner
 from gateway.errors import Overloaded, RateLimited
+from gateway.settings.config import Partner
 
 Clock = Callable[[], float]
 

@@ -23,12 +23,12 @@ from typing import Any
 
 from lxml import etree
 
-from gateway.config import MessageType, Settings
 from gateway.errors import InvalidMessage, MalformedXML, Problem
+from gateway.settings.config import MessageType, Settings
 
 ENVELOPE_NS = "urn:swgw:envelope:1"
 ENVELOPE_TAG = f"{{{ENVELOPE_NS}}}Envelope"
-ENVELOPE_XSD = Path(__file__).resolve().parent.parent / "schemas" / "envelope" / "envelope-1.xsd"
+ENVELOPE_XSD = Path(__file__).resolve().parents[2] / "schemas" / "envelope" / "envelope-1.xsd"
 MAX_PROBLEMS = 50
 _XSD_NS = "http://www.w3.org/2001/XMLSchema"
 # Clark names only ({urn:...}Name, {http://...}Name): a namespace URI always has a colon, a regex
@@ -124,7 +124,7 @@ class Envelope:
 class Validator:
     """Runs exactly the ingress checks, for the server and for `swgw validate` alike.
 
-    `rules` is the business-rule layer (gateway.rules.check); it runs only on payloads that
+    `rules` is the business-rule layer (gateway.intake.rules.check); it runs only on payloads that
     passed their schema, so rules may assume the structure the XSD guarantees.
     """
 
