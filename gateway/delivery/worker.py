@@ -8,23 +8,7 @@ closes (broker restart, network blip, node failover), the loop starts over from 
 the next connection: new channel, new consumer. There is no consumer tag that can go
 stale and no restore by the client library behind the worker's back.
 
-How a message ends, and what it costs:
-- delivered (2xx): acked.
-- rejected (other 4xx, 1xx, 3xx): parked with reason `rejected`, then acked (parking.py).
-- failing (refused, timeout, 5xx, 408, 429): retried in place with backoff while the
-  circuit is closed. Attempts are counted across redeliveries in the `x-swgw-attempts`
-  header. A message that has used `max_attempts` is parked with reason `max_attempts`
-  whatever the circuit state when the backend is evidently up: another message got through
-  while it was failing, or the health probe answers healthy (a poison message). Only when
-  neither holds are its failures the outage's: the circuit opens and it waits in the queue.
-- handed back (the circuit opened, the destination was paused, parking is stuck): the
-  message is republished to the tail of its queue with a confirm and then acked, never
-  nack-requeued. A requeue counts against the quorum queue's `x-delivery-limit` (RabbitMQ
-  3.x and 4.0 count every return), so an outage that opened the circuit a thousand times
-  would dead-letter messages that were never even POSTed; a republish costs nothing. Only
-  when the republish itself fails (broker trouble) does the worker fall back to a requeue.
-  Price: a handed-back message moves behind the backlog (at most `concurrency` messages
-  per opening).
+What becomes of each message (delivered, parked, retried, handed back) is deliverer.py.
 
 While the circuit is open the worker holds no message: no consumer, nothing prefetched.
 It probes every `probe_interval_s`; when the probe answers healthy it takes exactly one
@@ -39,37 +23,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import replace
-from datetime import datetime
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker.publisher import Broker
-from gateway.delivery.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
+from gateway.delivery.circuit import CircuitBreaker, CircuitState, SlowStart
 from gateway.delivery.connection import ConsumerConnection
+from gateway.delivery.deliverer import CHANNEL_ERRORS as _CHANNEL_ERRORS
+from gateway.delivery.deliverer import Deliverer
 from gateway.delivery.parking import Parker
-from gateway.delivery.retry import retrying
 from gateway.delivery.sender import Sender
-from gateway.errors import BrokerUnavailable, PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.config import Destination
 from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.delivery")
-
-_CHANNEL_ERRORS = (ConnectionError, OSError, RuntimeError, aiormq.exceptions.AMQPError, BrokerUnavailable)
-OUTCOMES = ("delivered", "parked", "returned", "requeued")
-
-
-def _parse_iso(value: str) -> float | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class DestinationWorker:
@@ -95,19 +66,15 @@ class DestinationWorker:
         self.ramp = SlowStart(
             max_rate_per_s=dest.max_rate_per_s, max_concurrency=dest.concurrency, ramp_s=dest.slow_start_s, clock=clock
         )
-        self.limiter = RateLimiter(self.ramp)
         self.sender = Sender(dest, metrics)
         self.parker = Parker(dest, broker, metrics, on_stuck=self._on_stuck)
         self.paused = False
-        self.delivered_total = 0
-        self.last_delivery_at: float | None = None  # unix time
         self.circuit_changed_at = time.time()
-        self.stalled_head: float | None = None  # received_at of the oldest message handed back
-        self._successes = 0  # 2xx answers, for telling a poison message from an outage
         self._stuck = 0  # messages held because parking them failed
-        self._inflight: dict[int, float | None] = {}  # id(message) -> received_at (unix)
-        self._slots = asyncio.Condition()
-        self._active = 0
+        self.deliverer = Deliverer(
+            dest, broker, metrics, breaker=self.breaker, ramp=self.ramp, sender=self.sender, parker=self.parker,
+            may_send=self._may_send, why_not=self._why_not, stopping=lambda: self._stopping,
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._consume_lock = asyncio.Lock()
         self._queue: AbstractQueue | None = None
@@ -117,8 +84,6 @@ class DestinationWorker:
         self._stopping = False
         self._topology_seen = False
         d = dest.id
-        for outcome in OUTCOMES:
-            metrics.deliveries.labels(d, outcome)
         for reason in ("circuit", "trial_failed", "paused", "parking_stuck"):
             metrics.returned.labels(d, reason)
         for counter in (metrics.delivery_attempts, metrics.delivery_retries, metrics.circuit_opened):
@@ -138,7 +103,7 @@ class DestinationWorker:
         self._stopping = True
         self._wake.set()
         await self._cancel_consumer()
-        await self._notify_slots()
+        await self.deliverer.notify_slots()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:  # unfinished: cancelled, never acked; the broker redelivers them
@@ -182,14 +147,19 @@ class DestinationWorker:
         return self.parker.parked_total
 
     @property
+    def delivered_total(self) -> int:
+        return self.deliverer.delivered_total
+
+    @property
+    def last_delivery_at(self) -> float | None:
+        return self.deliverer.last_delivery_at
+
+    @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return self.deliverer.inflight
 
     def oldest_received_at(self) -> float | None:
-        times = [t for t in self._inflight.values() if t is not None]
-        if self.stalled_head is not None:
-            times.append(self.stalled_head)
-        return min(times) if times else None
+        return self.deliverer.oldest_received_at()
 
     # -- the reconcile loop -------------------------------------------------------------------
     def _wants_consumer(self) -> bool:
@@ -197,7 +167,7 @@ class DestinationWorker:
 
     def _changed(self) -> None:
         self._wake.set()
-        self._spawn(self._notify_slots())
+        self._spawn(self.deliverer.notify_slots())
 
     async def _run(self) -> None:
         """For the process lifetime: a channel per connection, and the consumer kept as wanted."""
@@ -311,7 +281,7 @@ class DestinationWorker:
                 extra={"event": "circuit_closed", "destination": dest, "state": new.value},
             )
             self.ramp.restart()
-            self.stalled_head = None
+            self.deliverer.stalled_head = None
         self._changed()
 
     async def _probe_and_trial(self) -> None:
@@ -323,9 +293,9 @@ class DestinationWorker:
             return  # nothing to try: stay open, so a lying health check cannot close the circuit
         self.breaker.probe_succeeded()
         if not self.breaker.try_acquire():
-            await self._hand_back(raw, QueuedMessage.from_amqp(raw), "trial_failed")
+            await self.deliverer.hand_back(raw, QueuedMessage.from_amqp(raw), "trial_failed")
             return
-        self._spawn(self._handle(raw, trial=True))
+        self._spawn(self.deliverer.handle(raw, trial=True))
 
     # -- per message -----------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -334,140 +304,15 @@ class DestinationWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._spawn(self._handle(message))
+        self._spawn(self.deliverer.handle(message))
 
     def _on_stuck(self, delta: int) -> None:
         self._stuck += delta
         self.metrics.parking_stuck.labels(self.dest.id).set(1 if self._stuck else 0)
         self._changed()
 
-    async def _notify_slots(self) -> None:
-        async with self._slots:
-            self._slots.notify_all()
-
     def _may_send(self) -> bool:
         return self.breaker.state is CircuitState.CLOSED and not self.paused and not self._stuck and not self._stopping
-
-    @contextlib.asynccontextmanager
-    async def _sending_slot(self) -> AsyncIterator[None]:
-        """Bound sends to the ramping concurrency; a held message also wakes when it must go back."""
-        async with self._slots:
-            await self._slots.wait_for(lambda: self._active < self.ramp.concurrency or not self._may_send())
-            self._active += 1
-        try:
-            yield
-        finally:
-            async with self._slots:
-                self._active -= 1
-                self._slots.notify(max(1, self.ramp.concurrency - self._active))
-
-    async def _handle(self, raw: AbstractIncomingMessage, *, trial: bool = False) -> None:
-        msg = QueuedMessage.from_amqp(raw)
-        key = id(raw)
-        received = _parse_iso(msg.received_at)
-        self._inflight[key] = received
-        outcome: str | None
-        try:
-            if trial:
-                outcome = await self._deliver_trial(raw, msg)
-            else:
-                async with self._sending_slot():
-                    outcome = await self._deliver(raw, msg)
-        except Exception:
-            # A bug, not a backend answer. Requeue: this is what the quorum queue's delivery
-            # limit is for. A message that keeps crashing the worker ends dead-lettered in
-            # parking (x-death), instead of looping for ever or being lost.
-            log.exception(
-                "delivery failed unexpectedly; requeueing the message", extra=self._ctx(msg, "delivery_error")
-            )
-            self.metrics.task_restarts.labels("delivery-message").inc()
-            with contextlib.suppress(*_CHANNEL_ERRORS):
-                await raw.nack(requeue=True)
-            outcome = "requeued"
-        finally:
-            self._inflight.pop(key, None)
-        if outcome == "delivered":
-            self._delivered(received)
-        elif (
-            outcome in ("returned", "requeued")
-            and received is not None
-            and (self.stalled_head is None or received < self.stalled_head)
-        ):
-            self.stalled_head = received
-        if outcome is not None:
-            self.metrics.deliveries.labels(self.dest.id, outcome).inc()
-
-    async def _deliver(self, raw: AbstractIncomingMessage, msg: QueuedMessage) -> str | None:
-        if not self._may_send():
-            if self._stopping:
-                return None  # left unacked: the broker returns it when the channel closes
-            return await self._hand_back(raw, msg, self._why_not())
-        successes_before = self._successes
-        attempts = [msg.attempts]
-        try:
-            await self._attempts(msg, attempts)
-        except PermanentDeliveryError as exc:
-            return await self._park(raw, msg, "rejected", exc, attempts[0])
-        except TransientDeliveryError as exc:
-            if attempts[0] >= self.dest.max_attempts:
-                # Poison or outage? Others got through while this one failed, or the backend's
-                # health check says it is up: the fault is this message's. Otherwise the
-                # backend is down for everyone: open the circuit and let the message wait.
-                if self._successes > successes_before or await self.sender.probe():
-                    return await self._park(raw, msg, "max_attempts", exc, attempts[0])
-                self.breaker.force_open()
-            if self._stopping:
-                return None
-            return await self._hand_back(raw, msg.with_attempts(attempts[0]), self._why_not())
-        return await self._ack(raw, msg, "delivered", attempt=attempts[0])
-
-    async def _attempts(self, msg: QueuedMessage, attempts: list[int]) -> None:
-        """POST until success, a permanent answer, `max_attempts` in all, or the circuit leaves CLOSED."""
-        try:
-            await self._post(msg, attempts)  # the first try needs no retry machinery
-            return
-        except TransientDeliveryError as first:
-            if attempts[0] >= self.dest.max_attempts or not self._may_send():
-                raise
-            replay: TransientDeliveryError | None = first
-        budget = replace(self.dest, max_attempts=self.dest.max_attempts - attempts[0] + 1)
-        async for attempt in retrying(budget, should_continue=self._may_send, before_sleep=self._before_retry(msg)):
-            with attempt:
-                if replay is not None:  # tenacity's attempt 1 is the failure we already had
-                    failure, replay = replay, None
-                    raise failure
-                if not self._may_send():
-                    raise TransientDeliveryError("circuit opened; handing the message back to its queue")
-                await self._post(msg, attempts)
-
-    async def _post(self, msg: QueuedMessage, attempts: list[int]) -> None:
-        await self.limiter.acquire()
-        attempts[0] += 1
-        try:
-            await self.sender.send(msg, attempts[0])
-        except TransientDeliveryError:
-            self.breaker.record_failure(msg.message_id)
-            raise
-        self.breaker.record_success()  # a permanent 4xx also proves the backend is up
-        self._successes += 1
-
-    async def _deliver_trial(self, raw: AbstractIncomingMessage, msg: QueuedMessage) -> str | None:
-        """The half-open trial: one POST; its answer decides the circuit; a failure costs the message nothing."""
-        try:
-            await self.sender.send(msg, msg.attempts + 1)
-        except PermanentDeliveryError as exc:
-            self.breaker.record_success()
-            return await self._park(raw, msg, "rejected", exc, msg.attempts + 1)
-        except TransientDeliveryError as exc:
-            self.breaker.record_failure()
-            log.info("trial delivery failed: %s; circuit stays open", exc, extra=self._ctx(msg, "trial_failed"))
-            return await self._hand_back(raw, msg, "trial_failed")
-        except BaseException:
-            self.breaker.record_failure()  # an abandoned trial must not leave the circuit half-open
-            raise
-        self.breaker.record_success()
-        self._successes += 1
-        return await self._ack(raw, msg, "delivered", attempt=msg.attempts + 1)
 
     def _why_not(self) -> str:
         if self.paused:
@@ -477,83 +322,3 @@ class DestinationWorker:
         return "circuit"
 
     # -- settling --------------------------------------------------------------------------------
-    @staticmethod
-    def _held(raw: AbstractIncomingMessage) -> bool:
-        """Still ours to settle: its channel is open (else the broker has already taken it back)."""
-        return not raw.channel.is_closed
-
-    async def _ack(self, raw: AbstractIncomingMessage, msg: QueuedMessage, outcome: str, **more: object) -> str:
-        try:
-            await raw.ack()
-        except _CHANNEL_ERRORS as exc:  # channel gone: the broker already returned it; it comes back once more
-            log.warning("could not ack (%s); the broker will redeliver it", exc, extra=self._ctx(msg, "ack_failed"))
-        if outcome == "delivered":
-            log.info("delivered", extra=self._ctx(msg, "delivered", **more))
-        return outcome
-
-    async def _hand_back(self, raw: AbstractIncomingMessage, msg: QueuedMessage, reason: str) -> str | None:
-        """Republish to the tail of the queue with a confirm, then ack: spends no delivery count."""
-        if not self._held(raw):
-            return None  # the broker has it already
-        try:
-            await self.broker.publish_to_queue(self.queue_name, msg.to_amqp())
-        except BrokerUnavailable as exc:
-            log.warning(
-                "could not hand the message back by republishing (%s); requeueing it",
-                exc,
-                extra=self._ctx(msg, "requeue"),
-            )
-            with contextlib.suppress(*_CHANNEL_ERRORS):
-                await raw.nack(requeue=True)
-            return "requeued"
-        self.metrics.returned.labels(self.dest.id, reason).inc()
-        await self._ack(raw, msg, "returned")
-        return "returned"
-
-    async def _park(
-        self,
-        raw: AbstractIncomingMessage,
-        msg: QueuedMessage,
-        reason: str,
-        exc: TransientDeliveryError | PermanentDeliveryError,
-        attempts: int,
-    ) -> str | None:
-        parked = await self.parker.park(
-            msg, reason=reason, status=exc.status, excerpt=exc.excerpt or str(exc), attempts=attempts,
-            held=lambda: self._held(raw) and not self._stopping,
-        )  # fmt: skip
-        if not parked:
-            return None
-        return await self._ack(raw, msg, "parked")
-
-    def _delivered(self, received: float | None) -> None:
-        now = time.time()
-        self.delivered_total += 1
-        self.last_delivery_at = now
-        self.metrics.last_delivery.labels(self.dest.id).set(now)
-        if received is not None:
-            self.metrics.end_to_end.labels(self.dest.id).observe(max(0.0, now - received))
-
-    def _ctx(self, msg: QueuedMessage, event: str, **more: object) -> dict[str, object]:
-        """Log context every message event carries (never the body)."""
-        return {
-            "event": event,
-            "message_id": msg.message_id,
-            "partner": msg.partner,
-            "message_type": msg.message_type,
-            "destination": self.dest.id,
-            **more,
-        }
-
-    def _before_retry(self, msg: QueuedMessage) -> Callable[[object], None]:
-        def hook(state: object) -> None:
-            self.metrics.delivery_retries.labels(self.dest.id).inc()
-            outcome = getattr(state, "outcome", None)
-            log.info(
-                "delivery failed, retrying in %.1fs: %s",
-                getattr(state, "upcoming_sleep", 0.0),
-                outcome.exception() if outcome else "",
-                extra=self._ctx(msg, "retry", attempt=getattr(state, "attempt_number", 0)),
-            )
-
-        return hook
