@@ -245,9 +245,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.tools import simulator
+    from gateway.tools import simulate
 
-    return simulator.run(args)
+    return simulate.run(args)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -410,10 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-running", action="store_true", help="leave gateway and simulators up afterwards")
     p.set_defaults(func=cmd_demo)
 
-    from gateway.tools import simulator
+    from gateway.tools import simulate
 
     p = sub.add_parser("simulate", help="run the backend simulator (drills, demo, tests)")
-    simulator.add_arguments(p)
+    simulate.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
     from gateway.tools import status

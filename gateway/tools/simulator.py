@@ -24,20 +24,18 @@ port, whatever it answered) and POSTs per message id, failed ones included (`pos
 `post_counts`); `GET /_sim/state` carries `health_hits` and `posts`, `GET /_sim/posts` the
 count per id.
 
-`swgw simulate` = `add_arguments(parser)` then `run(namespace)`; `python -m gateway.tools.simulator`
-runs `main(argv)`. Tests use `Simulator` directly.
+The command line (`swgw simulate`, `python -m gateway.tools.simulate`) is simulate.py; tests
+use `Simulator` directly.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
 import logging
-import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
 from typing import Any
@@ -112,7 +110,7 @@ class Mode:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Arrival:
     """One accepted POST, as the backend saw it."""
 
     message_id: str
@@ -223,7 +221,7 @@ class Simulator:
 
     def reset(self) -> None:
         """Forget everything received and zero the counters (the mode is kept)."""
-        self.deliveries: list[Delivery] = []
+        self.deliveries: list[Arrival] = []
         self._first: dict[str, str] = {}  # id -> sha256 of the first copy
         self._by_type: Counter[str] = Counter()
         self._conflicts = self._rejected = 0
@@ -294,7 +292,7 @@ class Simulator:
             self._rejected += 1
             return _problem(400, "Rejected", f"simulator rejects message type {mtype!r}")
         digest = hashlib.sha256(body).hexdigest()
-        d = Delivery(mid, mtype, h.get("X-Message-From", ""), h.get("X-Delivery-Attempt", ""), len(body), digest)
+        d = Arrival(mid, mtype, h.get("X-Message-From", ""), h.get("X-Delivery-Attempt", ""), len(body), digest)
         self.deliveries.append(d)
         duplicate = mid in self._first
         if duplicate:
@@ -397,61 +395,3 @@ class Simulator:
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response(asdict(self.received))
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `swgw simulate`; cli.py adds them to its subparser."""
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    add("--port", type=int, default=8081, help="data port the gateway delivers to (default 8081)")
-    add("--control-port", type=int, default=8082, help="control API port (default 8082)")
-    add("--path", default="/inbound", help="delivery path (default /inbound)")
-    add("--mode", dest="name", choices=MODES, default="up", help="starting mode (default up)")
-    add("--status", type=int, default=503, help="error and sick modes: HTTP status (default 503)")
-    add("--retry-after", help="error and sick modes: Retry-After header value")
-    add("--delay-ms", type=int, default=0, help="slow mode: delay per request")
-    add("--reject-type", dest="reject_types", action="append", default=[], help="reject mode: a type to 400")
-    add("--flap-s", type=float, default=5.0, help="flap mode: seconds up, then down (default 5)")
-    add("--fail-id", dest="fail_ids", action="append", default=[], help="any mode: a message id that always fails")
-    add("--fail-status", type=int, default=500, help="status for --fail-id messages (default 500; 4xx gets parked)")
-
-
-def mode_from_args(ns: argparse.Namespace) -> Mode:
-    """The starting mode from `add_arguments` options; ValueError names a bad one."""
-    return Mode(**{f.name: getattr(ns, f.name) for f in fields(Mode)})
-
-
-async def serve(sim: Simulator) -> None:
-    """Run `sim` until SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    async with sim:
-        print(f"simulator: deliveries to {sim.url}, control at {sim.control_url}/_sim/state", flush=True)
-        await stop.wait()
-
-
-def run(ns: argparse.Namespace) -> int:
-    """Entry point for `swgw simulate` after argument parsing; returns the exit status."""
-    try:
-        mode = mode_from_args(ns)
-    except ValueError as exc:  # e.g. --status 200
-        print(f"swgw simulate: {exc}")
-        return 2
-    sim = Simulator(host=ns.host, port=ns.port, control_port=ns.control_port, path=ns.path, mode=mode)
-    asyncio.run(serve(sim))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="swgw simulate", description="Backend simulator for drills.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    raise SystemExit(main())

@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.tools.simulator import Mode, Simulator, add_arguments, mode_from_args, run
+from gateway.tools.simulate import add_arguments, mode_from_args, run
+from gateway.tools.simulator import Mode, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 XML = b"<Envelope><Id>m-1</Id></Envelope>"
@@ -455,7 +456,7 @@ def test_cli_refuses_a_bad_starting_mode(capsys: pytest.CaptureFixture[str]) -> 
 
 async def test_command_line_serves_until_sigterm(client: aiohttp.ClientSession) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = ["-m", "gateway.tools.simulator", "--port", "0", "--control-port", "0", "--mode", "reject"]
+    argv = ["-m", "gateway.tools.simulate", "--port", "0", "--control-port", "0", "--mode", "reject"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *argv, "--reject-type", "CUSDEC", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
     )
