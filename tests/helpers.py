@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.runtime.app import BROKER, create_app
-from gateway.settings.config import Settings, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent

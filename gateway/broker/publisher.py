@@ -1,15 +1,6 @@
-"""RabbitMQ: connection, idempotent topology, and confirmed publishing.
+"""RabbitMQ: the publishing connection, and confirmed publishing.
 
-Topology (every name under `broker.prefix`):
-- `<prefix>.messages`: durable direct exchange; routing key = destination id.
-- `<prefix>.dest.<id>`: durable quorum queue per destination. `x-delivery-limit` is set
-  deliberately (RabbitMQ 4.x defaults it to 20 and then drops or dead-letters), and a
-  message that reaches it is dead-lettered *at-least-once* into the parking queue, never
-  dropped. Redeliveries only happen after a crash or a circuit opening; delivery never
-  retries by requeueing.
-- `<prefix>.parked.<id>`: durable classic queue, no TTL, no length limit. Classic because
-  browsing it (get, then requeue) keeps order and counts no deliveries, and it has no
-  delivery limit that could ever drop a parked message.
+The topology (names, queue arguments, the declaration) is topology.py.
 
 Publishing uses one channel with publisher confirms and `mandatory`, shared by all
 requests, so confirms pipeline across concurrent partners. `publish()` returns only after
@@ -28,17 +19,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from gateway.broker.topology import Names, declare_topology
 from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination, Settings
+from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.broker")
@@ -51,38 +41,6 @@ _CONNECTION_ERRORS = (
     aio_pika.exceptions.ChannelClosed,
     RuntimeError,  # aio-pika: "Connection closed" / "Channel closed" while reconnecting
 )
-
-
-@dataclass(frozen=True)
-class Names:
-    """The one helper that derives every broker name from the prefix."""
-
-    prefix: str
-
-    @property
-    def exchange(self) -> str:
-        return f"{self.prefix}.messages"
-
-    def queue(self, destination: str) -> str:
-        return f"{self.prefix}.dest.{destination}"
-
-    def parking(self, destination: str) -> str:
-        return f"{self.prefix}.parked.{destination}"
-
-
-def queue_arguments(names: Names, dest: Destination) -> dict[str, Any]:
-    """Destination queue arguments, as typed data (see module docstring for why)."""
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": dest.delivery_limit,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": names.parking(dest.id),
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",  # required by at-least-once dead-lettering
-    }
-
-
-PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
 def _is_blocked(connection: AbstractRobustConnection | None) -> bool:
@@ -238,14 +196,7 @@ class Broker:
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
         """Declare exchange, destination queues and parking queues; safe to repeat."""
-        exchange = await channel.declare_exchange(self.names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        for dest in self.settings.destinations:
-            queue = await channel.declare_queue(
-                self.names.queue(dest.id), durable=True, arguments=queue_arguments(self.names, dest)
-            )
-            await queue.bind(exchange, routing_key=dest.id)
-            await channel.declare_queue(self.names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
-        return exchange
+        return await declare_topology(channel, self.names, self.settings.destinations)
 
     def _on_close(self, *_: object) -> None:
         self.metrics.broker_connected.set(0)

@@ -55,12 +55,12 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.delivery.circuit import RateLimiter, SlowStart
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 
 log = logging.getLogger("swgw.replay")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.tools.simulator import Simulator
 from tests.drills import queues
 

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 
 PARKED_REASON = "x-swgw-parked-reason"
 # What an operator re-creates by hand, and what the gateway declares: durable, classic, no TTL.

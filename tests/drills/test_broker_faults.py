@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from tests.drills.harness import (
     GatewayProcess,
     LoadGen,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.tools.simulator import Simulator
 from tests.drills.harness import (  # noqa: F401  (Drill, destination: where other drill modules look)
     Drill,

@@ -11,8 +11,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from gateway.broker.publisher import Names, queue_arguments
-from gateway.settings.config import Settings
+from gateway.broker.topology import Names, queue_arguments
+from gateway.settings.model import Settings
 from tests.helpers import (
     SCHEMAS,
     config_doc,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.messages import QueuedMessage
 from gateway.runtime.app import DELIVERY
 from gateway.tools.simulator import Simulator

@@ -11,7 +11,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from gateway.broker.publisher import PARKING_ARGUMENTS, Names
+from gateway.broker.topology import PARKING_ARGUMENTS, Names
 from gateway.messages import QueuedMessage
 from gateway.runtime.app import DELIVERY
 from gateway.tools.simulator import Simulator

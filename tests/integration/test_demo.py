@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings.config import load_settings
+from gateway.settings.load import load_settings
 from tests.helpers import ROOT, delete_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.messages import QueuedMessage
 from tests.helpers import (
     OTHER_TOKEN,

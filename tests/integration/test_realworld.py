@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.intake.validation import Validator
 from tests.helpers import (
     SHARED,
@@ -110,7 +110,7 @@ def wco_driver(tmp_path: Path) -> Path:
 
 def test_hmrc_wco_declarations_validate_offline_and_defects_are_refused(tmp_path: Path) -> None:
     from gateway.errors import InvalidMessage, MalformedXML
-    from gateway.settings.config import MessageType
+    from gateway.settings.model import MessageType
 
     validator = Validator([MessageType("WCO-DEC", wco_driver(tmp_path), "MetaData")])
     samples = sorted((WCO / "examples" / "annotated_XML_samples").rglob("*.xml"))

@@ -20,12 +20,12 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
-from gateway.broker.publisher import Names, queue_arguments
+from gateway.broker.topology import Names, queue_arguments
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import Parking, QueuedMessage
 from gateway.operations import replay
 from gateway.runtime.app import METRICS
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
 from tests.helpers import ADMIN_TOKEN, ROOT, RunningGateway, admin, config_doc, get_all, write_settings
 
@@ -297,7 +297,7 @@ async def test_listing_reports_delivery_limit_for_messages_rabbitmq_dead_lettere
         tmp_path, config_doc(prefix, destinations=[{"id": "vnaccs", "url": "http://127.0.0.1:9/", "delivery_limit": 1}])
     )
     cleanup.append(settings)
-    names, dest = Names(prefix), settings.destination("vnaccs")
+    names, dest = Names(prefix), settings.destinations[0]
     conn = await aio_pika.connect(rabbit_url)
     async with conn:
         channel = await conn.channel()

@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.intake import tls
 from gateway.intake.limits import ConcurrencyGate
 from gateway.observability.logs import JsonFormatter
 from gateway.runtime.app import BROKER, INGRESS, create_app
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 from tests.fixtures.security.pki import Issued, issue, make_ca, sign_envelope, signing_identity
 from tests.helpers import (
     OTHER_TOKEN,

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.settings.config import load_settings
+from gateway.settings.load import load_settings
 from gateway.tools.simulator import Simulator
 from tests.drills.harness import GatewayProcess, drill_config
 from tests.helpers import ADMIN_TOKEN, CUSDEC_BODY, RABBIT_URL, TOKEN, delete_topology, free_port, with_message_id

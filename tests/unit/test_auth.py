@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from gateway.errors import ConfigError, Forbidden, Unauthenticated
 from gateway.intake import identity as auth
 from gateway.intake.identity import Authenticator, check_admin, token_hash
-from gateway.settings.config import Admin, Partner, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Admin, Partner
 from tests.fixtures.security.pki import Issued, issue, make_ca
 from tests.helpers import config_doc, sha, to_toml
 

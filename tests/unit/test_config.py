@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.settings.config import Secret, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Secret
 from tests.helpers import config_doc, to_toml
 
 

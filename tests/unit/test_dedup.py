@@ -31,7 +31,8 @@ from gateway.intake.dedup.postgres import PostgresStore
 from gateway.intake.dedup.sqlite import SqliteStore
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Dedup, Secret, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Dedup, Secret
 from tests.helpers import config_doc, drop_pg_table, free_port, require_postgres, to_toml
 
 DAY = 86_400.0

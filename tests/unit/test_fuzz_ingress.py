@@ -29,7 +29,7 @@ from gateway.intake import rules
 from gateway.intake.identity import Authenticator
 from gateway.intake.signature import SignatureVerifier
 from gateway.intake.validation import Validator, parse_xml
-from gateway.settings.config import MessageType, Partner
+from gateway.settings.model import MessageType, Partner
 from tests.fixtures.security.pki import sign_envelope, signing_identity
 from tests.helpers import SCHEMAS, TOKEN, RunningGateway, config_doc, free_port, run_gateway, sha, write_settings
 

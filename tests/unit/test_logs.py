@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.observability import logs
-from gateway.settings.config import Logging
+from gateway.settings.model import Logging
 
 BODY = b'<?xml version="1.0"?><Envelope><Body><Declaration>SECRET-CARGO-42</Declaration></Body></Envelope>'
 TOKEN = "tok_9f8e7d6c5b4a"

@@ -22,7 +22,8 @@ from lxml import etree
 from gateway.errors import IngressError
 from gateway.intake import rules
 from gateway.intake.validation import Validator
-from gateway.settings.config import Settings, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import Overloaded, RateLimited
 from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
-from gateway.settings.config import Partner
+from gateway.settings.model import Partner
 
 
 class FakeClock:

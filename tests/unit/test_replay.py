@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from gateway.broker.publisher import Names
+from gateway.broker.topology import Names
 from gateway.cli import EXIT_REPLAY_REFUSED, EXIT_REPLAY_TIME_LIMIT, build_parser, main
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import Parking, QueuedMessage
 from gateway.observability.problems import from_ingress_error
 from gateway.operations import replay
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 from tests.helpers import config_doc, free_port, write_settings
 
 

@@ -14,7 +14,7 @@ import tenacity
 
 from gateway.delivery.retry import RETRY_AFTER_CAP_S, classify, compute_backoff, parse_retry_after, retrying
 from gateway.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
 

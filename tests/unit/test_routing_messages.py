@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.broker.publisher import PARKING_ARGUMENTS, Names, queue_arguments
+from gateway.broker.topology import PARKING_ARGUMENTS, Names, queue_arguments
 from gateway.errors import InvalidMessage
 from gateway.intake.routing import Router
 from gateway.messages import Parking, QueuedMessage
-from gateway.settings.config import Destination, Route
+from gateway.settings.model import Destination, Route
 
 
 def test_exact_route_wins_over_wildcard_and_nothing_else_matches() -> None:

@@ -12,7 +12,7 @@ from gateway.delivery.sender import Sender
 from gateway.errors import PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 MSG = QueuedMessage("M-1", None, "CUSDEC", "VN-NSW", "VN-VNACCS", "VN-NSW", "d", "2026-12-01T00:00:00.000Z", b"<x/>")
 

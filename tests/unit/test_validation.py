@@ -7,7 +7,7 @@ import pytest
 from gateway.errors import InvalidMessage, MalformedXML
 from gateway.intake import rules
 from gateway.intake.validation import Validator, parse_xml
-from gateway.settings.config import MessageType
+from gateway.settings.model import MessageType
 from tests.helpers import SCHEMAS, envelope
 
 CUSDEC = MessageType("CUSDEC", SCHEMAS / "customs" / "declaration.xsd")
