@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, GatewayError, IngressError
 from gateway.intake import tls
 from gateway.observability import logs
-from gateway.settings.config import Settings, load_settings
+from gateway.settings.load import load_settings
+from gateway.settings.model import Settings
 
 if TYPE_CHECKING:
     from gateway.operations.replay import ReplayFilter
@@ -39,107 +39,12 @@ def _load(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _use_uvloop() -> None:
-    """uvloop when installed: its C transports and loop cost ~10% less CPU per message (bench/)."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def _exit_with(pid: int) -> Callable[[object], AsyncIterator[None]]:
-    """Cleanup context: SIGTERM this process as soon as `pid` has exited (or, pid 0, our parent changed).
-
-    Workers of `serve --workers N` live and die as one group: a worker whose parent is gone
-    stops, and a parent whose worker died stops too, so the supervisor restarts the whole
-    gateway rather than leaving it with part of its capacity.
-    """
-    import signal
-
-    parent = os.getppid()
-
-    def gone() -> bool:
-        if pid == 0:
-            return os.getppid() != parent
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return True
-        return done != 0
-
-    async def watch() -> None:
-        while not gone():  # noqa: ASYNC110 - a process exit has no event to await here
-            await asyncio.sleep(1.0)
-        logging.getLogger("swgw.serve").error(
-            "%s exited; stopping this process too", "a worker" if pid else "the parent", extra={"event": "worker_exit"}
-        )
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    async def ctx(_: object) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch())
-        yield
-        task.cancel()
-
-    return ctx
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from gateway.runtime.app import ADMIN_APP, create_app
+    from gateway.runtime.serve import serve
 
     settings = _load(args)
     logs.setup(settings.logging)
-    _use_uvloop()
-    # --workers N: N processes share the port (SO_REUSEPORT), each with its own broker
-    # connection and publish channel. Only this (first) process runs delivery and the admin
-    # listener; the others are ingress-only. Each serves its own /metrics on the partner port.
-    workers, role, children = args.workers, args.role, []
-    if workers > 1 and (role == "delivery" or settings.admin.port is None):
-        print(
-            "serve --workers > 1 needs --role all or ingress, and [admin] port set so admin requests "
-            "reach the process that runs delivery",
-            file=sys.stderr,
-        )
-        return 2
-    for _ in range(workers - 1):
-        pid = os.fork()
-        if pid == 0:  # a worker: intake only, no admin listener, stops when the parent goes
-            role, children = "ingress", [0]
-            break
-        children.append(pid)
-    app = create_app(settings, role=role)
-    for pid in children:
-        app.cleanup_ctx.append(_exit_with(pid))
-    if children == [0]:
-        app.pop(ADMIN_APP, None)
-    ssl_context = tls.server_context(settings.server, config_file=str(settings.path))
-    if ADMIN_APP in app:  # admin API on its own address, started and stopped with the main app
-        admin_app = app[ADMIN_APP]
-
-        async def admin_listener(_: web.Application) -> AsyncIterator[None]:
-            runner = web.AppRunner(admin_app, access_log=None)
-            await runner.setup()
-            host = settings.admin.host or settings.server.host
-            await web.TCPSite(runner, host, settings.admin.port, ssl_context=ssl_context).start()
-            yield
-            await runner.cleanup()
-
-        app.cleanup_ctx.append(admin_listener)
-    # SIGTERM/SIGINT: stop accepting, give in-flight requests request_timeout_s, then the
-    # cleanup contexts stop delivery (bounded) and close the broker connection.
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.server.request_timeout_s,
-        ssl_context=ssl_context,  # None: plain HTTP
-        reuse_port=workers > 1 or None,
-    )
-    return 0
+    return serve(settings, role=args.role, workers=args.workers)
 
 
 def _replay_filter(args: argparse.Namespace) -> ReplayFilter:
@@ -175,7 +80,9 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
             print(f"{len(rows)} parked message(s) shown for {args.destination}", file=sys.stderr)
         return 0
 
-    _use_uvloop()
+    from gateway.runtime.serve import use_uvloop
+
+    use_uvloop()
     return asyncio.run(work())
 
 
@@ -217,7 +124,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_REPLAY_TIME_LIMIT
         return 1 if report.failed else 0
 
-    _use_uvloop()
+    from gateway.runtime.serve import use_uvloop
+
+    use_uvloop()
     return asyncio.run(work())
 
 
