@@ -29,9 +29,9 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import rules  # noqa: E402
+from gateway.intake import rules  # noqa: E402
 from gateway.intake.validation import Validator  # noqa: E402
-from gateway.settings.config import load_settings  # noqa: E402
+from gateway.settings.load import load_settings  # noqa: E402
 
 CONFIG = ROOT / "schemas" / "examples" / "message-set.toml"
 

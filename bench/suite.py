@@ -410,7 +410,7 @@ async def declare_topology(config: Path) -> None:
 
     from gateway.broker.publisher import Broker
     from gateway.observability.metrics import Metrics
-    from gateway.settings.config import load_settings
+    from gateway.settings.load import load_settings
 
     settings = load_settings(config)
     broker = Broker(settings, Metrics(CollectorRegistry()))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.errors import IngressError  # noqa: E402
 from gateway.intake.validation import Validator  # noqa: E402
-from gateway.settings.config import load_settings  # noqa: E402
+from gateway.settings.load import load_settings  # noqa: E402
 
 CONFIG = ROOT / "schemas" / "examples" / "message-set.toml"
 _EXPECT = re.compile(r"<!--\s*swgw-expect:(.*?)-->", re.S)

@@ -27,7 +27,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from gateway.errors import BrokerUnavailable
-from gateway.settings.config import Broker as BrokerSettings
+from gateway.settings.model import BrokerSettings
 
 log = logging.getLogger("swgw.delivery.connection")
 

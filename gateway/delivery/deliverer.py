@@ -44,7 +44,7 @@ from gateway.delivery.sender import Sender
 from gateway.errors import BrokerUnavailable, PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 log = logging.getLogger("swgw.delivery")
 

@@ -23,7 +23,7 @@ from gateway.broker.publisher import Broker
 from gateway.errors import BrokerUnavailable
 from gateway.messages import EXCERPT_MAX, Parking, QueuedMessage, iso, now_utc
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 log = logging.getLogger("swgw.delivery.parking")
 

@@ -19,7 +19,7 @@ from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.worker import DestinationWorker
 from gateway.messages import iso
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 from gateway.supervise import spawn_supervised
 
 

@@ -24,7 +24,7 @@ from email.utils import parsedate_to_datetime
 import tenacity
 
 from gateway.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 #: Upper bound for any Retry-After we honour, in seconds. A backend (or a proxy in front
 #: of it) answering `Retry-After: 86400` must not be able to park a worker for a day.

@@ -24,7 +24,7 @@ from gateway.delivery.retry import classify, parse_retry_after
 from gateway.errors import PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import EXCERPT_MAX, QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 
 
 class Sender:

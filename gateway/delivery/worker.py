@@ -37,7 +37,7 @@ from gateway.delivery.parking import Parker
 from gateway.delivery.sender import Sender
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.settings.config import Destination
+from gateway.settings.model import Destination
 from gateway.supervise import spawn_supervised
 
 log = logging.getLogger("swgw.delivery")

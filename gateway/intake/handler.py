@@ -37,7 +37,7 @@ from gateway.intake.tls import peer_certificate
 from gateway.intake.validation import Envelope, Validator
 from gateway.messages import QueuedMessage, iso, now_utc
 from gateway.observability.metrics import UNKNOWN, Metrics
-from gateway.settings.config import Partner, Settings
+from gateway.settings.model import Partner, Settings
 
 log = logging.getLogger("swgw.ingress")
 XML_TYPES = frozenset({"application/xml", "text/xml"})

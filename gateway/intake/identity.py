@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from cryptography import x509
 
 from gateway.errors import Forbidden, Unauthenticated
-from gateway.settings.config import Admin, Partner
+from gateway.settings.model import Admin, Partner
 
 
 def token_hash(token: str) -> str:

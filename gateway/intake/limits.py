@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from gateway.errors import Overloaded, RateLimited
-from gateway.settings.config import Partner
+from gateway.settings.model import Partner
 
 Clock = Callable[[], float]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.errors import InvalidMessage
-from gateway.settings.config import Route
+from gateway.settings.model import Route
 
 
 class Router:

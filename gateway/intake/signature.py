@@ -44,7 +44,7 @@ from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from gateway.errors import ConfigError, Forbidden
-from gateway.settings.config import Partner
+from gateway.settings.model import Partner
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 SIGNATURE_TAG = f"{{{DS_NS}}}Signature"
@@ -93,9 +93,6 @@ class SignatureVerifier:
                 self._certs[p.id] = tuple(
                     c for path in p.signing_cert for c in load_certificates(path, config_file=config_file, key=key)
                 )
-
-    def required_for(self, partner: Partner) -> bool:
-        return partner.id in self._certs
 
     def verify(self, partner: Partner, envelope: etree._Element) -> None:
         """Raise Forbidden (403) unless `envelope` carries a valid signature by `partner`, if it must.

@@ -16,7 +16,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
-from gateway.settings.config import Server
+from gateway.settings.model import Server
 
 if TYPE_CHECKING:  # the CLI imports this module; keep aiohttp out of its start-up
     from aiohttp import web

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from gateway.settings.config import Logging
+from gateway.settings.model import Logging
 
 CONTEXT_KEYS = (
     "event",

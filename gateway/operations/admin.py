@@ -28,7 +28,7 @@ from gateway.errors import InvalidMessage
 from gateway.intake.identity import check_admin
 from gateway.observability.metrics import Metrics
 from gateway.operations import replay
-from gateway.settings.config import Admin
+from gateway.settings.model import Admin
 
 
 def _timeout(params: dict[str, Any]) -> float:

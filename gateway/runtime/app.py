@@ -29,7 +29,7 @@ from gateway.observability.metrics import Metrics, metrics_handler, request_timi
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
 from gateway.runtime import health
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
 
 Role = Literal["all", "ingress", "delivery"]

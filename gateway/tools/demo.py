@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway.intake.identity import token_hash
 from gateway.runtime.app import BROKER, DELIVERY, create_app
-from gateway.settings.config import Settings
+from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"

@@ -75,7 +75,7 @@ from typing import Any, Protocol
 from gateway.errors import ConfirmTimeout, IngressError
 from gateway.intake.dedup.late import LateConfirms
 from gateway.messages import QueuedMessage
-from gateway.settings.config import Dedup
+from gateway.settings.model import Dedup
 
 log = logging.getLogger("swgw.dedup")
 Clock = Callable[[], float]

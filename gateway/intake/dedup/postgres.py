@@ -24,7 +24,7 @@ from gateway.intake.dedup.policy import (
     Seen,
     StoreError,
 )
-from gateway.settings.config import Dedup
+from gateway.settings.model import Dedup
 
 
 def _ts(epoch: float) -> datetime:

@@ -22,7 +22,7 @@ from gateway.intake.dedup.policy import (
     Seen,
     StoreError,
 )
-from gateway.settings.config import Dedup
+from gateway.settings.model import Dedup
 
 
 def _add_digest_column(db: sqlite3.Connection, table: str) -> None:

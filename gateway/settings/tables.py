@@ -1,0 +1,204 @@
+"""Per-table parsing: one function per TOML table, from its keys to its settings class.
+
+Each function reads one table (or array of tables) with a TableReader, so its errors name
+the key, and refuses its unknown keys; relative paths are resolved against `base`, the
+config file's folder. Environment variables override only secrets and the broker URL
+(`SWGW_BROKER_URL`, `SWGW_ADMIN_TOKEN_SHA256`, `SWGW_DEDUP_DSN`); they are read here and
+nowhere else in the package. Whether tables agree with each other is gateway/settings/checks.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.settings.hashes import checked_hashes, fingerprints, split_hashes, token_hashes
+from gateway.settings.model import (
+    AUTH_MODES,
+    DEDUP_BACKENDS,
+    Admin,
+    BrokerSettings,
+    Dedup,
+    Destination,
+    Logging,
+    MessageType,
+    Partner,
+    Route,
+    Secret,
+    Server,
+)
+from gateway.settings.reader import TableReader, tables, unique
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def server(s: TableReader, base: Path) -> Server:
+    result = Server(
+        host=s.get("host", str, Server.host),
+        port=s.get("port", int, Server.port),
+        max_body_bytes=s.positive("max_body_bytes", int, Server.max_body_bytes),
+        request_timeout_s=s.positive("request_timeout_s", float, Server.request_timeout_s),
+        max_concurrency=s.positive("max_concurrency", int, Server.max_concurrency),
+        idle_timeout_s=s.positive("idle_timeout_s", float, Server.idle_timeout_s),
+        max_header_bytes=s.positive("max_header_bytes", int, Server.max_header_bytes),
+        tls_cert=s.existing_file("tls_cert", base),
+        tls_key=s.existing_file("tls_key", base),
+        client_ca=s.existing_file("client_ca", base),
+        client_cert=s.one_of("client_cert", ("optional", "required"), Server.client_cert),
+    )
+    s.done()
+    return result
+
+
+def broker(b: TableReader, env: Mapping[str, str]) -> BrokerSettings:
+    file_url = b.get("url", str, "amqp://guest:guest@127.0.0.1:5672/")  # read always: marks the key used
+    url = env.get("SWGW_BROKER_URL") or file_url
+    if not url.startswith(("amqp://", "amqps://")):
+        raise b.error("url", "must start with amqp:// or amqps://")
+    prefix = b.get("prefix", str, "swgw")
+    if not _PREFIX_RE.match(prefix):
+        raise b.error("prefix", f"{prefix!r} must be 1-64 chars of [A-Za-z0-9_.-]")
+    result = BrokerSettings(
+        url=Secret(url),
+        prefix=prefix,
+        confirm_timeout_s=b.positive("confirm_timeout_s", float, BrokerSettings.confirm_timeout_s),
+        connect_timeout_s=b.positive("connect_timeout_s", float, BrokerSettings.connect_timeout_s),
+        reconnect_interval_s=b.positive("reconnect_interval_s", float, BrokerSettings.reconnect_interval_s),
+        heartbeat_s=b.positive("heartbeat_s", int, BrokerSettings.heartbeat_s),
+        retry_after_s=b.positive("retry_after_s", int, BrokerSettings.retry_after_s),
+    )
+    b.done()
+    return result
+
+
+def partners(doc: Mapping[str, Any], file: str, env: Mapping[str, str], base: Path) -> tuple[Partner, ...]:
+    result = []
+    for p in tables(doc, file, "partners"):
+        partner = Partner(
+            id=p.ident("id"),
+            token_sha256=token_hashes(p, env, base),
+            message_types=p.strings("message_types", ("*",)),
+            receivers=p.strings("receivers", ("*",)),
+            rate_per_s=p.positive("rate_per_s", float, Partner.rate_per_s),
+            burst=p.positive("burst", int, Partner.burst),
+            auth=p.one_of("auth", AUTH_MODES, Partner.auth),
+            cert_fingerprint_sha256=fingerprints(p, "cert_fingerprint_sha256"),
+            cert_subject=p.strings("cert_subject", ()),
+            signing_cert=p.existing_files("signing_cert", base),
+        )
+        p.done()
+        result.append(partner)
+    unique(file, "partners", [p.id for p in result])
+    return tuple(result)
+
+
+def message_types(doc: Mapping[str, Any], file: str, base: Path) -> tuple[MessageType, ...]:
+    result = []
+    for m in tables(doc, file, "message_types"):
+        name = m.ident("name")
+        schema = (base / m.get("schema", str, required=True)).resolve()
+        if not schema.is_file():
+            raise m.error("schema", f"schema file {schema} does not exist")
+        result.append(MessageType(name=name, schema=schema, root=m.opt("root", str)))
+        m.done()
+    unique(file, "message_types", [t.name for t in result])
+    return tuple(result)
+
+
+def destinations(doc: Mapping[str, Any], file: str) -> tuple[Destination, ...]:
+    result = []
+    for d in tables(doc, file, "destinations"):
+        dest = Destination(
+            id=d.ident("id"),
+            url=d.url("url") or "",
+            timeout_s=d.positive("timeout_s", float, Destination.timeout_s),
+            concurrency=d.positive("concurrency", int, Destination.concurrency),
+            max_attempts=d.positive("max_attempts", int, Destination.max_attempts),
+            backoff_min_s=d.positive("backoff_min_s", float, Destination.backoff_min_s),
+            backoff_max_s=d.positive("backoff_max_s", float, Destination.backoff_max_s),
+            max_rate_per_s=d.positive("max_rate_per_s", float, Destination.max_rate_per_s),
+            health_url=d.url("health_url", required=False),
+            probe_interval_s=d.positive("probe_interval_s", float, Destination.probe_interval_s),
+            failure_threshold=d.positive("failure_threshold", int, Destination.failure_threshold),
+            slow_start_s=d.get("slow_start_s", float, Destination.slow_start_s),
+            delivery_limit=d.positive("delivery_limit", int, Destination.delivery_limit),
+            health_ok_statuses=d.statuses("health_ok_statuses"),
+        )
+        d.done()
+        result.append(dest)
+    unique(file, "destinations", [d.id for d in result])
+    return tuple(result)
+
+
+def routes(doc: Mapping[str, Any], file: str) -> tuple[Route, ...]:
+    result = []
+    for r in tables(doc, file, "routes"):
+        result.append(
+            Route(
+                to=r.get("to", str, required=True),
+                message_type=r.get("message_type", str, required=True),
+                destination=r.get("destination", str, required=True),
+            )
+        )
+        r.done()
+    return tuple(result)
+
+
+def admin(a: TableReader, env: Mapping[str, str], base: Path) -> Admin:
+    hashes = token_hashes(a, env, base)  # read always, so its keys count as used
+    if env.get("SWGW_ADMIN_TOKEN_SHA256"):  # overrides the file's admin hashes
+        hashes = tuple(checked_hashes(a, "token_sha256", split_hashes(env["SWGW_ADMIN_TOKEN_SHA256"])))
+    result = Admin(
+        token_sha256=hashes[0] if hashes else None,
+        host=a.opt("host", str),
+        port=a.opt("port", int),
+        token_hashes=hashes,
+    )
+    a.done()
+    return result
+
+
+def logging(lg: TableReader) -> Logging:
+    level = lg.get("level", str, "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise lg.error("level", f"{level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    fmt = lg.get("format", str, "json")
+    if fmt not in {"json", "text"}:
+        raise lg.error("format", f"{fmt!r} is not one of json, text")
+    lg.done()
+    return Logging(level=level, format=fmt)
+
+
+def dedup(r: TableReader, env: Mapping[str, str], base: Path, broker_prefix: str) -> Dedup:
+    """`[dedup]`; `table` defaults to `<broker.prefix>_dedup` with non [a-z0-9_] characters as `_`."""
+    backend = r.get("backend", str, Dedup.backend)
+    if backend not in DEDUP_BACKENDS:
+        raise r.error("backend", f"{backend!r} is not one of {', '.join(DEDUP_BACKENDS)}")
+    file_dsn = r.opt("dsn", str)
+    dsn = env.get("SWGW_DEDUP_DSN") or file_dsn
+    if dsn is not None and not dsn.startswith(("postgresql://", "postgres://")):
+        raise r.error("dsn", "must start with postgresql:// (env SWGW_DEDUP_DSN overrides it)")
+    if backend == "postgres" and dsn is None:
+        raise r.error("dsn", 'is required when backend = "postgres" (or set SWGW_DEDUP_DSN)')
+    derived = re.sub(r"[^a-z0-9_]", "_", broker_prefix.lower()) + "_dedup"
+    table = r.get("table", str, derived)
+    if not _TABLE_RE.match(table):
+        raise r.error("table", f"{table!r} must be 1-63 chars of [a-z0-9_] starting with a letter or _; set it")
+    result = Dedup(
+        backend=backend,
+        path=(base / r.get("path", str, str(Dedup.path))).resolve(),
+        dsn=Secret(dsn) if dsn is not None else None,
+        table=table,
+        window_days=r.positive("window_days", float, Dedup.window_days),
+        claim_timeout_s=r.positive("claim_timeout_s", float, Dedup.claim_timeout_s),
+        late_confirm_wait_s=r.positive("late_confirm_wait_s", float, Dedup.late_confirm_wait_s),
+        purge_interval_s=r.positive("purge_interval_s", float, Dedup.purge_interval_s),
+        timeout_s=r.positive("timeout_s", float, Dedup.timeout_s),
+        pool_size=r.positive("pool_size", int, Dedup.pool_size),
+        on_store_error=r.one_of("on_store_error", ("reject", "accept"), Dedup.on_store_error),
+    )
+    r.done()
+    return result
