@@ -1,6 +1,7 @@
 """`swgw` command line: each subcommand is a thin call into the module that owns the work.
 
-Every subcommand takes `--config FILE` (default: $SWGW_CONFIG, then ./gateway.toml).
+Every subcommand takes `--config FILE` (default: $SWGW_CONFIG, then ./gateway.toml; for `swgw demo`
+the demo config shipped in the package).
 Exit codes: 0 ok, 1 the checked thing failed (invalid message, bad config), 2 usage;
 `swgw replay` adds 3 (refused: another replay of the destination is running) and 4
 (stopped at its time limit; run it again to continue).
@@ -148,7 +149,7 @@ def cmd_schema_docs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo
 
-    settings = _load(args)
+    settings = load_settings(args.config or demo.DEMO_CONFIG)
     logs.setup(settings.logging)
     return demo.run(settings, keep_running=args.keep_running)
 
@@ -315,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if schemas/README.md is out of date")
     p.set_defaults(func=cmd_schema_docs)
 
-    p = sub.add_parser("demo", parents=[common], help="run the gateway with simulators and narrate the whole flow")
+    p = sub.add_parser("demo", help="run the gateway with simulators and narrate the whole flow")
+    p.add_argument("--config", help="TOML config (default: the demo config shipped with swgw, ops/gateway.toml)")
     p.add_argument("--keep-running", action="store_true", help="leave gateway and simulators up afterwards")
     p.set_defaults(func=cmd_demo)
 

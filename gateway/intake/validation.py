@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,25 @@ from lxml import etree
 from gateway.errors import InvalidMessage, MalformedXML, Problem
 from gateway.settings.model import MessageType, Settings
 
+
+def packaged(name: str) -> Path:
+    """A file or folder shipped inside the package (pyproject's package-data), as a path on disk.
+
+    Read with importlib.resources, so an installed gateway uses its own copy and never a
+    checkout's folder. It must be a real path: lxml resolves xs:include and xs:import against
+    the file system (pip installs a wheel as files, never zipped).
+    """
+    found = resources.files("gateway").joinpath(name)
+    if not isinstance(found, Path) or not found.exists():
+        raise RuntimeError(f"the swgw package has no {name!r} on disk ({found}); reinstall it from its wheel")
+    return found.resolve()
+
+
+MESSAGE_SET = packaged("schemas")
+"""Envelope and payload XSDs, examples and their reference: schemas/ in a checkout, a copy in the wheel."""
 ENVELOPE_NS = "urn:swgw:envelope:1"
 ENVELOPE_TAG = f"{{{ENVELOPE_NS}}}Envelope"
-ENVELOPE_XSD = Path(__file__).resolve().parents[2] / "schemas" / "envelope" / "envelope-1.xsd"
+ENVELOPE_XSD = MESSAGE_SET / "envelope" / "envelope-1.xsd"
 MAX_PROBLEMS = 50
 _XSD_NS = "http://www.w3.org/2001/XMLSchema"
 # Clark names only ({urn:...}Name, {http://...}Name): a namespace URI always has a colon, a regex

@@ -6,12 +6,19 @@ and delivered; bad input refused with precise errors; a backend outage absorbed 
 open, backlog held in RabbitMQ) and drained after recovery with nothing lost; a rejected
 message parked and replayed; a re-sent message answered as a duplicate. `--keep-running`
 leaves everything up afterwards for curl and `swgw status`.
+
+Everything it needs ships in the package: the example messages (gateway/schemas, a link to
+schemas/ in a checkout) and its config (gateway/tools/demo.toml, a link to ops/gateway.toml),
+the default of `swgw demo --config`. Its SQLite dedup store lives in a temporary folder for the
+run, never next to the config (inside an installed package, or a read-only /app/ops).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,11 +30,13 @@ import aiohttp
 from aiohttp import web
 
 from gateway.intake.identity import token_hash
+from gateway.intake.validation import MESSAGE_SET, packaged
 from gateway.runtime.app import BROKER, DELIVERY, create_app
 from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+EXAMPLES = MESSAGE_SET / "examples"
+DEMO_CONFIG = packaged("tools/demo.toml")  # ops/gateway.toml in a checkout
 ATTACK = (
     b'<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>\n'
     b'<Envelope xmlns="urn:swgw:envelope:1">&lol2;</Envelope>'
@@ -82,7 +91,7 @@ class Demo:
             if token is None or token_hash(token) not in p.token_sha256:
                 raise SystemExit(
                     f"demo: partner {p.id} in {self.settings.path} has no demo token; "
-                    "run the demo with ops/gateway.toml"
+                    "run the demo with its own config (the default; ops/gateway.toml in a checkout)"
                 )
 
     async def post(self, session: aiohttp.ClientSession, body: bytes, sender: str) -> tuple[int, dict[str, Any]]:
@@ -237,4 +246,8 @@ class Demo:
 
 
 def run(settings: Settings, *, keep_running: bool = False) -> int:
-    return asyncio.run(Demo(settings, keep_running).main())
+    with tempfile.TemporaryDirectory(prefix="swgw-demo-") as scratch:
+        if settings.dedup.backend == "sqlite":
+            dedup = dataclasses.replace(settings.dedup, path=Path(scratch) / settings.dedup.path.name)
+            settings = dataclasses.replace(settings, dedup=dedup)
+        return asyncio.run(Demo(settings, keep_running).main())

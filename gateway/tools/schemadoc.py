@@ -27,8 +27,10 @@ from pathlib import Path
 
 from lxml import etree
 
+from gateway.intake.validation import MESSAGE_SET
+
 XS = "http://www.w3.org/2001/XMLSchema"
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = MESSAGE_SET  # schemas/ in a checkout; the installed package's copy otherwise
 README = SCHEMAS / "README.md"
 _ORDER = {"envelope": 0, "customs": 1, "cargo": 2, "asean": 3, "common": 4}
 """Reading order of the folders: the envelope, then payloads in the order a shipment meets them."""
