@@ -14,11 +14,11 @@ the backend's health URL. HALF_OPEN lets exactly one trial message through; its 
 decides. When the circuit closes again, `SlowStart.restart()` makes the drain ramp up
 instead of hitting a just-recovered backend with hours of backlog at full rate.
 
-Everything here is driven by an injected monotonic clock (`Callable[[], float]`,
-seconds) and does no I/O, so tests use a fake clock. Only `RateLimiter.acquire` awaits,
-and only the sleep it is given. Pausing a destination by an admin is not the breaker's
-business: a paused destination is healthy, and mixing the two would make the
-`circuit_state` metric lie.
+`RateLimiter` paces the sends: the token bucket of gateway/pacing.py, refilled by the
+ramp. Everything here is driven by an injected monotonic clock and does no I/O, so tests
+use a fake clock. Only `RateLimiter.acquire` awaits, and only the sleep it is given.
+Pausing a destination by an admin is not the breaker's business: a paused destination is
+healthy, and mixing the two would make the `circuit_state` metric lie.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+from gateway.pacing import TokenBucket
+from gateway.timeutil import Clock, Sleep
 
 
 class CircuitState(enum.Enum):
@@ -86,7 +86,6 @@ class CircuitBreaker:
         self._changed_at = clock()
         self._failures = 0
         self._failed_keys: set[Hashable] = set()
-        self._opened_count = 0
         self._trial_taken = False
 
     @property
@@ -97,22 +96,6 @@ class CircuitBreaker:
     def changed_at(self) -> float:
         """Clock reading of the last transition (construction time if none yet)."""
         return self._changed_at
-
-    @property
-    def opened_count(self) -> int:
-        """How many times the circuit has opened, for the admin API and the counter metric."""
-        return self._opened_count
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
-    @property
-    def allows_delivery(self) -> bool:
-        """Whether a send could start now. Read-only; `try_acquire()` claims the slot."""
-        if self._state is CircuitState.CLOSED:
-            return True
-        return self._state is CircuitState.HALF_OPEN and not self._trial_taken
 
     def try_acquire(self) -> bool:
         """Claim permission for one send: always in CLOSED, once in HALF_OPEN, never in OPEN."""
@@ -168,8 +151,6 @@ class CircuitBreaker:
         self._failures = 0
         self._failed_keys.clear()
         self._trial_taken = False
-        if new is CircuitState.OPEN:
-            self._opened_count += 1
         if self._on_change is not None:
             self._on_change(old, new)
 
@@ -223,10 +204,6 @@ class SlowStart:
         """Seconds since the last `restart()` (infinite if there was none)."""
         return self.clock() - self._started_at
 
-    @property
-    def ramping(self) -> bool:
-        return self.elapsed_s() < self.ramp_s
-
     def fraction_at(self, elapsed_s: float) -> float:
         """Share of the maxima allowed `elapsed_s` seconds after a restart."""
         if self.ramp_s == 0 or elapsed_s >= self.ramp_s:
@@ -272,15 +249,13 @@ class SlowStart:
         return m * (f * r + (1.0 - f) * r / 2.0 + (e - r))
 
 
-class RateLimiter:
-    """Token bucket whose refill rate follows a `SlowStart`.
+class RateLimiter(TokenBucket):
+    """Delivery pacing: the token bucket (gateway/pacing.py) whose rate follows a `SlowStart`.
 
-    `acquire()` returns at once while tokens are available, so at steady state a fast
-    backend is never slowed by per-message sleeps. The bucket holds up to
-    `rate * burst_s` tokens (at least 1): the default 0.1 s of burst lets a 2,500/s
-    destination send 250 messages back to back. When empty, callers reserve a token
-    (the balance goes negative) and sleep until it has been earned, which keeps waiters
-    in arrival order without a queue. A cancelled waiter gives its token back.
+    The bucket holds up to `rate * burst_s` tokens (at least 1): the default 0.1 s of burst
+    lets a 2,500/s destination send 250 messages back to back. Between refills it earns the
+    ramp's integral (`SlowStart.allowance`), so it follows the ramp exactly, and a restart
+    shrinks a full bucket to the new, smaller burst.
 
     Parameters:
         slow_start: supplies the rate and the clock.
@@ -289,39 +264,6 @@ class RateLimiter:
     """
 
     def __init__(self, slow_start: SlowStart, *, burst_s: float = 0.1, sleep: Sleep = asyncio.sleep) -> None:
-        if not burst_s > 0:
-            raise ValueError(f"burst_s must be > 0, got {burst_s}")
-        self._ramp = slow_start
-        self._burst_s = burst_s
-        self._sleep = sleep
-        self._last = slow_start.clock()
-        self._tokens = self._capacity(slow_start.rate)
-
-    @property
-    def tokens(self) -> float:
-        """Current balance after refill; negative while callers wait for reserved tokens."""
-        self._refill()
-        return self._tokens
-
-    async def acquire(self) -> None:
-        """Wait until one message may be sent."""
-        rate = self._refill()
-        self._tokens -= 1.0
-        if self._tokens >= 0.0:
-            return
-        try:
-            await self._sleep(-self._tokens / rate)
-        except BaseException:
-            self._tokens += 1.0
-            raise
-
-    def _capacity(self, rate: float) -> float:
-        return max(1.0, rate * self._burst_s)
-
-    def _refill(self) -> float:
-        now = self._ramp.clock()
-        rate = self._ramp.rate
-        earned = self._ramp.allowance(self._last, now)
-        self._last = now
-        self._tokens = min(self._capacity(rate), self._tokens + earned)
-        return rate
+        super().__init__(
+            lambda: slow_start.rate, burst_s=burst_s, earned=slow_start.allowance, clock=slow_start.clock, sleep=sleep
+        )
