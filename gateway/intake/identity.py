@@ -1,9 +1,9 @@
-"""Who is sending: bearer token and/or client certificate → partner; and the admin credential.
+"""Who is sending: bearer token and/or client certificate → partner.
 
-Tokens are never stored, only their sha256. The presented token is hashed, then compared
-with every configured hash using `hmac.compare_digest` and no early exit, so the time taken
-depends neither on how much of a hash matched nor on which partner it belongs to. Several
-hashes per partner allow rotation without downtime.
+Tokens are matched by gateway/credentials.py: only their sha256 is configured, and every
+configured hash is compared in constant time, so the time taken depends neither on how
+much of a hash matched nor on which partner it belongs to. Several hashes per partner
+allow rotation without downtime.
 
 A partner's `auth` mode decides what proves its identity:
 
@@ -20,22 +20,13 @@ contains the token.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Iterable
 
 from cryptography import x509
 
-from gateway.errors import Forbidden, Unauthenticated
-from gateway.settings.model import Admin, Partner
-
-
-def token_hash(token: str) -> str:
-    """sha256 hex of a token, as configured in `token_sha256`.
-
-    `surrogateescape` because aiohttp decodes header bytes that are not UTF-8 that way:
-    such a token must hash (to something unknown → 401), not crash the request.
-    """
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+from gateway.credentials import TokenHashes, bearer
+from gateway.errors import Unauthenticated
+from gateway.settings.model import Partner
 
 
 def certificate_fingerprint(der: bytes) -> str:
@@ -46,22 +37,6 @@ def certificate_fingerprint(der: bytes) -> str:
 def certificate_subject(der: bytes) -> str:
     """RFC 4514 subject (`CN=VN-NSW,O=Customs,C=VN`): `cert_subject`."""
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-
-
-def _bearer(authorization: str) -> str:
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("Authorization must be 'Bearer <token>'.", reason="bad_auth_scheme")
-    return token
-
-
-def _match(hashes: Iterable[bytes], token: str) -> bool:
-    presented = token_hash(token).encode("ascii")
-    found = False
-    for stored in hashes:  # no early exit: constant work per request
-        found |= hmac.compare_digest(stored, presented)
-    return found
 
 
 class Authenticator:
@@ -75,7 +50,7 @@ class Authenticator:
 
     def __init__(self, partners: Iterable[Partner]) -> None:
         partners = tuple(partners)
-        self._hashes: list[tuple[bytes, Partner]] = [(h.encode("ascii"), p) for p in partners for h in p.token_sha256]
+        self._tokens = TokenHashes((h, p) for p in partners for h in p.token_sha256)
         self._by_fingerprint = {fp: p for p in partners for fp in p.cert_fingerprint_sha256}
         self._by_subject = {s: p for p in partners for s in p.cert_subject}
 
@@ -98,7 +73,9 @@ class Authenticator:
             raise Unauthenticated(
                 "Missing Authorization header; send 'Authorization: Bearer <token>'.", reason="missing_token"
             )
-        partner = self._token_partner(_bearer(authorization))
+        partner = self._tokens.owner_of(bearer(authorization))
+        if partner is None:
+            raise Unauthenticated("The bearer token is not known to this gateway.", reason="unknown_token")
         if partner.auth == "token":
             return partner
         if cert_partner is not partner:  # "both": the certificate must be this partner's too
@@ -109,39 +86,8 @@ class Authenticator:
             )
         return partner
 
-    def _token_partner(self, token: str) -> Partner:
-        presented = token_hash(token).encode("ascii")
-        found: Partner | None = None
-        for stored, partner in self._hashes:  # no early exit: constant work per request
-            if hmac.compare_digest(stored, presented):
-                found = partner
-        if found is None:
-            raise Unauthenticated("The bearer token is not known to this gateway.", reason="unknown_token")
-        return found
-
     def _certificate_partner(self, der: bytes) -> Partner | None:
         partner = self._by_fingerprint.get(certificate_fingerprint(der))
         if partner is None and self._by_subject:
             partner = self._by_subject.get(certificate_subject(der))
         return partner
-
-
-def check_admin(authorization: str | None, admin: Admin) -> None:
-    """Allow the admin API only with an admin token; raise otherwise.
-
-    Raises Forbidden (403, reason admin_disabled) when no admin token is configured, so a
-    forgotten setting closes the API instead of opening it; Unauthenticated (401) for a
-    missing or wrong token. Partner tokens never pass: config.py refuses an admin hash that
-    is also a partner's, and only `admin.token_hashes` are compared here.
-    """
-    # An Admin built in code may set only `token_sha256`; one loaded from TOML sets both.
-    hashes = admin.token_hashes or ((admin.token_sha256,) if admin.token_sha256 else ())
-    if not hashes:
-        raise Forbidden(
-            "The admin API is disabled: set [admin] token_sha256 (or token_sha256_env / token_sha256_file).",
-            reason="admin_disabled",
-        )
-    if not authorization:
-        raise Unauthenticated("The admin API needs 'Authorization: Bearer <admin token>'.", reason="missing_token")
-    if not _match((h.encode("ascii") for h in hashes), _bearer(authorization)):
-        raise Unauthenticated("The admin token is not valid.", reason="bad_admin_token")

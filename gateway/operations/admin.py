@@ -25,9 +25,9 @@ from aiohttp import web
 from gateway.broker.publisher import Broker
 from gateway.delivery import Delivery
 from gateway.errors import InvalidMessage
-from gateway.intake.identity import check_admin
 from gateway.observability.metrics import Metrics
 from gateway.operations import replay
+from gateway.operations.access import check_admin
 from gateway.settings.model import Admin
 
 

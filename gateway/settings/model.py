@@ -169,7 +169,7 @@ class Admin:
     host: str | None = None
     port: int | None = None
     # Every accepted admin hash (rotation: old and new at once); `token_sha256` is the first.
-    # Check credentials with `gateway.intake.identity.check_admin`, which accepts all of them.
+    # Check credentials with `gateway.operations.access.check_admin`, which accepts all of them.
     token_hashes: tuple[str, ...] = ()
 
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.intake.identity import token_hash
+from gateway.credentials import token_hash
 from gateway.intake.validation import MESSAGE_SET, packaged
 from gateway.runtime.app import BROKER, DELIVERY, create_app
 from gateway.settings.model import Settings

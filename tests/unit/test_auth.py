@@ -1,20 +1,20 @@
-"""Authentication: tokens (hashed, rotated, constant-time), client certificates, the admin credential,
-and the configuration that feeds them (secrets from env vars and files, cross-checks)."""
+"""Partner authentication: tokens (hashed, rotated), client certificates, and the configuration that
+feeds them and the admin credential (secrets from env vars and files, cross-checks).
+
+Constant-time matching is tested in test_credentials.py, the admin check in test_access.py."""
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.errors import ConfigError, Forbidden, Unauthenticated
-from gateway.intake import identity as auth
-from gateway.intake.identity import Authenticator, check_admin, token_hash
+from gateway.errors import ConfigError, Unauthenticated
+from gateway.intake.identity import Authenticator
 from gateway.settings.load import load_settings
-from gateway.settings.model import Admin, Partner
+from gateway.settings.model import Partner
 from tests.fixtures.security.pki import Issued, issue, make_ca
 from tests.helpers import config_doc, sha, to_toml
 
@@ -76,22 +76,6 @@ def test_the_detail_never_contains_the_token(authn: Authenticator) -> None:
     assert "s3cr3t-guess" not in err.value.detail
 
 
-def test_every_hash_is_compared_in_constant_time_without_early_exit(
-    authn: Authenticator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
-
-    def spy(a: bytes, b: bytes) -> bool:
-        calls.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    authn.partner_for("Bearer old-token")  # matches the very first stored hash
-    assert len(calls) == 3  # ...and still every configured hash was compared
-    assert all(b == token_hash("old-token").encode() for _, b in calls)  # the hash, never the token
-
-
 def test_mtls_partner_is_identified_by_its_certificate_alone(authn: Authenticator, certs: dict[str, Issued]) -> None:
     assert authn.partner_for(None, der(certs["MTLS-P"])).id == "MTLS-P"
 
@@ -109,25 +93,6 @@ def test_both_needs_the_token_and_its_own_certificate(authn: Authenticator, cert
 
 def test_token_partner_may_present_any_verified_certificate(authn: Authenticator, certs: dict[str, Issued]) -> None:
     assert authn.partner_for("Bearer new-token", der(certs["NOBODY"])).id == "TOKEN-P"
-
-
-# -- admin credential -------------------------------------------------------------------------
-
-
-def test_admin_api_is_closed_when_no_admin_token_is_configured() -> None:
-    with pytest.raises(Forbidden) as err:
-        check_admin("Bearer anything", Admin())
-    assert err.value.reason == "admin_disabled"
-
-
-def test_admin_token_passes_and_a_partner_token_does_not() -> None:
-    admin = Admin(token_sha256=sha("admin-1"), token_hashes=(sha("admin-1"), sha("admin-2")))
-    check_admin("Bearer admin-1", admin)
-    check_admin("Bearer admin-2", admin)  # rotation
-    check_admin("Bearer admin-1", Admin(token_sha256=sha("admin-1")))  # built in code, without token_hashes
-    assert _reason(check_admin, "Bearer partner-token", admin) == "bad_admin_token"
-    assert _reason(check_admin, None, admin) == "missing_token"
-    assert _reason(check_admin, "Token admin-1", admin) == "bad_auth_scheme"
 
 
 # -- configuration ----------------------------------------------------------------------------

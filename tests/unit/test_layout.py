@@ -2,7 +2,8 @@
 
 The dependency rule, by stage (a folder of gateway/, or the kernel modules beside them):
 
-    kernel         errors, messages, supervise       -> kernel
+    kernel         errors, messages, supervise,      -> kernel
+                   credentials, timeutil, pacing
     settings                                          -> kernel
     observability                                     -> kernel, settings
     broker                                            -> kernel, settings, observability
