@@ -66,7 +66,8 @@ from bench.common import (
     wait_http,
 )
 from bench.procs import PYTHON, SWGW, Proc
-from gateway.messages import Parking, QueuedMessage, iso, now_utc
+from gateway.messages import Parking, QueuedMessage
+from gateway.timeutil import iso, now_utc
 
 RESULTS = ROOT / "bench" / "results"
 PHASES = ("validation", "intake", "drain", "replay")

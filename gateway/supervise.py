@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
-log = logging.getLogger("swgw.supervise")
+from gateway.timeutil import Clock, Sleep
 
-Sleep = Callable[[float], Awaitable[None]]
+log = logging.getLogger("swgw.supervise")
 
 
 async def supervise(
@@ -38,7 +38,7 @@ async def supervise(
     max_backoff_s: float = 30.0,
     healthy_after_s: float = 60.0,
     sleep: Sleep = asyncio.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> None:
     """Run `run()` until it returns; restart it with backoff whenever it raises.
 

@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import datetime
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
@@ -45,18 +44,12 @@ from gateway.errors import BrokerUnavailable, PermanentDeliveryError, TransientD
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
+from gateway.timeutil import unix_or_none
 
 log = logging.getLogger("swgw.delivery")
 
 CHANNEL_ERRORS = (ConnectionError, OSError, RuntimeError, aiormq.exceptions.AMQPError, BrokerUnavailable)
 OUTCOMES = ("delivered", "parked", "returned", "requeued")
-
-
-def _parse_iso(value: str) -> float | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Deliverer:
@@ -120,7 +113,7 @@ class Deliverer:
     async def handle(self, raw: AbstractIncomingMessage, *, trial: bool = False) -> None:
         msg = QueuedMessage.from_amqp(raw)
         key = id(raw)
-        received = _parse_iso(msg.received_at)
+        received = unix_or_none(msg.received_at)
         self._inflight[key] = received
         outcome: str | None
         try:

@@ -17,19 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from gateway.broker.publisher import Broker
 from gateway.errors import BrokerUnavailable
-from gateway.messages import EXCERPT_MAX, Parking, QueuedMessage, iso, now_utc
+from gateway.messages import EXCERPT_MAX, Parking, QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
+from gateway.timeutil import Sleep, iso, now_utc
 
 log = logging.getLogger("swgw.delivery.parking")
 
 PARK_BACKOFF_MIN_S = 0.5
 PARK_BACKOFF_MAX_S = 30.0
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class Parker:

@@ -11,20 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.broker.publisher import Broker
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.worker import DestinationWorker
-from gateway.messages import iso
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
 from gateway.supervise import spawn_supervised
-
-
-def _iso_unix(ts: float | None) -> str | None:
-    return iso(datetime.fromtimestamp(ts, UTC)) if ts is not None else None
+from gateway.timeutil import iso_unix
 
 
 class Delivery:
@@ -68,8 +63,8 @@ class Delivery:
                 "inflight": w.inflight,
                 "delivered_total": w.delivered_total,
                 "parked_total": w.parked_total,
-                "last_delivery_at": _iso_unix(w.last_delivery_at),
-                "circuit_changed_at": _iso_unix(w.circuit_changed_at),
+                "last_delivery_at": iso_unix(w.last_delivery_at),
+                "circuit_changed_at": iso_unix(w.circuit_changed_at),
                 "rate_limit_per_s": round(w.ramp.rate, 1),
                 "concurrency_limit": w.ramp.concurrency,
             }

@@ -25,6 +25,7 @@ import tenacity
 
 from gateway.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from gateway.settings.model import Destination
+from gateway.timeutil import Sleep
 
 #: Upper bound for any Retry-After we honour, in seconds. A backend (or a proxy in front
 #: of it) answering `Retry-After: 86400` must not be able to park a worker for a day.
@@ -39,8 +40,6 @@ _MAX_EXPONENT = 62
 _DELTA_RE = re.compile(r"^[+-]?\d{1,20}(\.\d{1,9})?$")
 
 _default_rng = random.Random()
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def compute_backoff(attempt: int, *, min_s: float, max_s: float, rng: random.Random | None = None) -> float:

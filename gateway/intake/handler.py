@@ -35,9 +35,10 @@ from gateway.intake.routing import Router
 from gateway.intake.signature import SignatureVerifier
 from gateway.intake.tls import peer_certificate
 from gateway.intake.validation import Envelope, Validator
-from gateway.messages import QueuedMessage, iso, now_utc
+from gateway.messages import QueuedMessage
 from gateway.observability.metrics import UNKNOWN, Metrics
 from gateway.settings.model import Partner, Settings
+from gateway.timeutil import iso, now_utc
 
 log = logging.getLogger("swgw.ingress")
 XML_TYPES = frozenset({"application/xml", "text/xml"})

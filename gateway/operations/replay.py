@@ -46,7 +46,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,11 +56,12 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker.topology import Names
-from gateway.delivery.circuit import RateLimiter, SlowStart
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
+from gateway.pacing import TokenBucket
 from gateway.settings.model import Settings
+from gateway.timeutil import Clock, parse_iso
 
 log = logging.getLogger("swgw.replay")
 
@@ -79,7 +80,7 @@ _CONNECTION_ERRORS = (
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
-    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    ts = parse_iso(value)
     if ts.tzinfo is None:
         raise ValueError(f"{value!r}: give a UTC offset, e.g. 2026-11-23T08:00:00+07:00 or ...Z")
     return ts
@@ -309,7 +310,7 @@ async def replay(
     dry_run: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     metrics: Metrics | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> ReplayReport:
     """Move matching parked messages back to the destination queue (see module docstring).
 
@@ -323,7 +324,7 @@ async def replay(
     deadline = clock() + timeout_s
     report = ReplayReport(destination, dry_run, timeout_s)
     names = Names(settings.broker.prefix)
-    limiter = RateLimiter(SlowStart(max_rate_per_s=rate_per_s, max_concurrency=1, ramp_s=0)) if rate_per_s else None
+    limiter = TokenBucket(rate_per_s) if rate_per_s else None  # --rate: at most a tenth of a second in a burst
     window = asyncio.Semaphore(_WINDOW)
     failures: list[BaseException] = []
     bound_s = settings.broker.confirm_timeout_s

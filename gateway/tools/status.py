@@ -31,6 +31,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from gateway.errors import GatewayError
+from gateway.timeutil import parse_iso_or_none
 
 _CLEAR = "\033[H\033[2J"
 _STATE_WORDS = {"closed": "closed", "open": "OPEN", "half_open": "half-open", "paused": "PAUSED"}
@@ -77,13 +78,8 @@ def _int(value: object) -> int | None:
 
 
 def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parse_iso_or_none(value)
+    return parsed if parsed is None or parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def fetch(url: str, token: str, *, timeout_s: float = 10.0) -> list[Row]:
