@@ -13,12 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from gateway.errors import BrokerUnavailable
-
-if TYPE_CHECKING:  # dedup.py imports this module; the types only are needed here
-    from gateway.intake.dedup.policy import Claimed, Receipt
+from gateway.intake.dedup.store import Claimed, Receipt
 
 log = logging.getLogger("swgw.dedup")
 

@@ -53,8 +53,8 @@ Backends (`[dedup] backend`):
 - `"none"`: no duplicate check (every post is queued).
 Both SQL stores add the `digest` column to a table created by an earlier version.
 
-This module holds the policy, the store Protocol and its value types; the stores are
-`dedup_sqlite.py` and `dedup_postgres.py`; the waits after a confirm timeout are `dedup_late.py`.
+This module holds the policy. The store protocol and its value types are store.py, the
+stores sqlite.py and postgres.py, the waits after a confirm timeout late.py.
 
 Times come from the gateway's clock (`clock`, epoch seconds), so replicas' clocks should be
 NTP-synchronised; skew only shifts expiry by the skew. Expired entries are ignored at once
@@ -69,17 +69,18 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.errors import ConfirmTimeout, IngressError
 from gateway.intake.dedup.late import LateConfirms
+from gateway.intake.dedup.postgres import PostgresStore
+from gateway.intake.dedup.sqlite import SqliteStore
+from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen, StoreError
 from gateway.messages import QueuedMessage
 from gateway.settings.model import Dedup
+from gateway.timeutil import Clock
 
 log = logging.getLogger("swgw.dedup")
-Clock = Callable[[], float]
-PURGE_BATCH = 10_000  # rows per DELETE: keeps each purge transaction short
 
 
 class DuplicateInFlight(IngressError):
@@ -104,105 +105,6 @@ class DedupUnavailable(IngressError):
     status = 503
     title = "Duplicate check unavailable"
     reason = "dedup_unavailable"
-
-
-class StoreError(Exception):
-    """A store operation failed (database down, locked, timed out); the cause is chained."""
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What the partner was answered when the id was first queued."""
-
-    message_id: str
-    destination: str
-    received_at: str
-    duplicate: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "message_id": self.message_id,
-            "status": "queued",
-            "destination": self.destination,
-            "received_at": self.received_at,
-        }
-        if self.duplicate:
-            body["duplicate"] = True
-        return body
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """This request owns (sender, message_id) and may publish; `token` proves ownership."""
-
-    sender: str
-    message_id: str
-    token: str
-
-
-@dataclass(frozen=True)
-class Seen:
-    """Already queued within the window.
-
-    `digest` is the hex SHA-256 of the first body, or None for an entry written before
-    digests were stored (its content is unknown, so a re-send is never called a conflict).
-    """
-
-    receipt: Receipt
-    digest: str | None
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """Another request is publishing this id right now."""
-
-
-ClaimResult = Claimed | Seen | InFlight
-
-
-class DedupStore(Protocol):
-    """Where seen ids live. Every method raises StoreError when the store fails."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def lookup(self, sender: str, message_id: str) -> Receipt | None:
-        """The receipt of a queued, unexpired entry, else None."""
-        ...
-
-    async def claim(self, sender: str, message_id: str, digest: str) -> ClaimResult:
-        """Atomically take (sender, id) as pending unless it is queued or freshly pending."""
-        ...
-
-    async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
-        """Mark our claim queued with its receipt; False if the claim is no longer ours."""
-        ...
-
-    async def release(self, claim: Claimed) -> None:
-        """Delete our pending claim (publish failed), so a retry is accepted."""
-        ...
-
-    async def purge(self) -> int:
-        """Delete expired entries and stale claims; returns how many rows went."""
-        ...
-
-
-class Limits:
-    """Cut-off times shared by the SQL stores."""
-
-    def __init__(self, settings: Dedup, clock: Clock) -> None:
-        self.window_s = settings.window_days * 86_400.0
-        self.claim_timeout_s = settings.claim_timeout_s
-        self.clock = clock
-
-    def cutoffs(self) -> tuple[float, float, float]:
-        """(now, queued entries older than this expired, pending claims older than this stale)."""
-        now = self.clock()
-        return now, now - self.window_s, now - self.claim_timeout_s
-
-
-# --- the policy around a publish ------------------------------------------------------------------
 
 
 class Publish(Protocol):
@@ -262,16 +164,10 @@ class Deduplicator:
         on_error: Callable[[str], None] = lambda operation: None,
         on_late: Callable[[str], None] = lambda outcome: None,
     ) -> Deduplicator:
-        # Imported here, not at the top: the store modules import this one for their types,
-        # and a gateway on SQLite (or a delivery-only process) never loads asyncpg.
         store: DedupStore | None
         if settings.backend == "postgres":
-            from gateway.intake.dedup.postgres import PostgresStore
-
             store = PostgresStore(settings, clock=clock)
         elif settings.backend == "sqlite":
-            from gateway.intake.dedup.sqlite import SqliteStore
-
             store = SqliteStore(settings, clock=clock)
         else:
             store = None

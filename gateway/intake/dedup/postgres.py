@@ -1,4 +1,8 @@
-"""The PostgreSQL store of seen ids, shared by every replica (see gateway/intake/dedup/policy.py)."""
+"""The PostgreSQL store of seen ids, shared by every replica (see gateway/intake/dedup/policy.py).
+
+asyncpg is imported when a PostgresStore is made, not with this module: policy.py imports
+both stores, and a gateway on SQLite (or a delivery-only process) never loads the driver.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
-from gateway.intake.dedup.policy import (
-    PURGE_BATCH,
-    Claimed,
-    ClaimResult,
-    Clock,
-    InFlight,
-    Limits,
-    Receipt,
-    Seen,
-    StoreError,
-)
+from gateway.intake.dedup.store import PURGE_BATCH, Claimed, ClaimResult, InFlight, Limits, Receipt, Seen, StoreError
 from gateway.settings.model import Dedup
+from gateway.timeutil import Clock
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
 
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-
-
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 class PostgresStore:
@@ -44,6 +37,15 @@ class PostgresStore:
     """
 
     def __init__(self, settings: Dedup, *, clock: Clock = time.time) -> None:
+        import asyncpg
+
+        # What a failed call raises: the driver's and the network's errors, and a timeout.
+        self._errors: tuple[type[Exception], ...] = (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            OSError,
+            TimeoutError,
+        )
         self.dsn = settings.dsn.reveal() if settings.dsn is not None else ""
         self.table = settings.table
         self.timeout_s = settings.timeout_s
@@ -54,6 +56,8 @@ class PostgresStore:
         self._schema_lock = asyncio.Lock()
 
     async def start(self) -> None:
+        import asyncpg
+
         self._pool = asyncpg.create_pool(
             self.dsn,
             min_size=0,
@@ -68,7 +72,7 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            with contextlib.suppress(*_PG_ERRORS):
+            with contextlib.suppress(*self._errors):
                 await asyncio.wait_for(pool.close(), timeout=self.timeout_s)
 
     async def _ensure_schema(self) -> None:
@@ -87,6 +91,8 @@ class PostgresStore:
             try:
                 await self._execute(ddl)
             except StoreError as exc:
+                import asyncpg
+
                 # Two replicas creating the table at once: the loser sees a unique violation
                 # on the catalog, and the table exists; anything else is a real failure.
                 if not isinstance(exc.__cause__, asyncpg.UniqueViolationError):
@@ -111,6 +117,8 @@ class PostgresStore:
         try:
             await self._execute(f'ALTER TABLE "{self.table}" ADD COLUMN IF NOT EXISTS digest text')
         except StoreError as exc:
+            import asyncpg
+
             # Two replicas migrating at once: the loser may trip over the winner's column.
             if not isinstance(exc.__cause__, asyncpg.DuplicateColumnError | asyncpg.UniqueViolationError):
                 raise
@@ -125,22 +133,8 @@ class PostgresStore:
         try:
             async with asyncio.timeout(self.timeout_s * 2), self._pool.acquire() as conn:
                 return await fn(conn)
-        except _PG_ERRORS as exc:
+        except self._errors as exc:
             raise StoreError(f"postgres: {exc or type(exc).__name__}") from exc
-
-    async def lookup(self, sender: str, message_id: str) -> Receipt | None:
-        await self._ensure_schema()
-        _, expired, _ = self._limits.cutoffs()
-        row = await self._call(
-            lambda c: c.fetchrow(
-                f'SELECT destination, received_at FROM "{self.table}" '
-                "WHERE sender = $1 AND message_id = $2 AND state = 'queued' AND at >= $3",
-                sender,
-                message_id,
-                _ts(expired),
-            )
-        )
-        return Receipt(message_id, row["destination"], row["received_at"], duplicate=True) if row else None
 
     async def claim(self, sender: str, message_id: str, digest: str) -> ClaimResult:
         await self._ensure_schema()

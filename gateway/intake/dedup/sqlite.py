@@ -11,18 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.intake.dedup.policy import (
-    PURGE_BATCH,
-    Claimed,
-    ClaimResult,
-    Clock,
-    InFlight,
-    Limits,
-    Receipt,
-    Seen,
-    StoreError,
-)
+from gateway.intake.dedup.store import PURGE_BATCH, Claimed, ClaimResult, InFlight, Limits, Receipt, Seen, StoreError
 from gateway.settings.model import Dedup
+from gateway.timeutil import Clock
 
 
 def _add_digest_column(db: sqlite3.Connection, table: str) -> None:
@@ -141,24 +132,6 @@ class SqliteStore:
         if self._db is None:
             raise sqlite3.OperationalError("store is not open")
         return self._db
-
-    async def lookup(self, sender: str, message_id: str) -> Receipt | None:
-        _, expired, _ = self._limits.cutoffs()
-
-        def q() -> Receipt | None:
-            row = (
-                self._conn()
-                .execute(
-                    f'SELECT destination, received_at FROM "{self.table}" '
-                    "WHERE sender = ? AND message_id = ? AND state = 'queued' AND at >= ?",
-                    (sender, message_id, expired),
-                )
-                .fetchone()
-            )
-            return Receipt(message_id, row[0], row[1], duplicate=True) if row else None
-
-        result: Receipt | None = await self._run(q)
-        return result
 
     async def claim(self, sender: str, message_id: str, digest: str) -> ClaimResult:
         now, expired, stale = self._limits.cutoffs()

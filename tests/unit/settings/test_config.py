@@ -20,7 +20,7 @@ def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
 
 
 def test_example_configs_load() -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     s = load_settings(root / "ops" / "gateway.toml", env={})
     assert {t.name for t in s.message_types} == {"CUSDEC", "CUSRES", "HANDOVER", "GATEEVT", "ECOO", "ACDD", "ACK"}
     assert s.message_types[0].schema.is_absolute()  # relative to the config file

@@ -15,7 +15,7 @@ from lxml import etree
 from gateway.errors import Problem
 from gateway.intake.rules import CLOCK_SKEW, RULES, check, iso6346_check_digit
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "schemas" / "examples"
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 
 IMPORT = "CUSDEC/valid/import-a11-it-equipment.xml"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -15,25 +18,15 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import BrokerUnavailable, ConfigError, ConfirmTimeout
 from gateway.intake.dedup.late import LATE_OUTCOMES
-from gateway.intake.dedup.policy import (
-    Claimed,
-    Deduplicator,
-    DedupStore,
-    DedupUnavailable,
-    DuplicateInFlight,
-    InFlight,
-    MessageIdReused,
-    Receipt,
-    Seen,
-    StoreError,
-)
+from gateway.intake.dedup.policy import Deduplicator, DedupUnavailable, DuplicateInFlight, MessageIdReused
 from gateway.intake.dedup.postgres import PostgresStore
 from gateway.intake.dedup.sqlite import SqliteStore
+from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen, StoreError
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.load import load_settings
 from gateway.settings.model import Dedup, Secret
-from tests.helpers import config_doc, drop_pg_table, free_port, require_postgres, to_toml
+from tests.helpers import ROOT, config_doc, drop_pg_table, free_port, require_postgres, to_toml
 
 DAY = 86_400.0
 
@@ -90,11 +83,10 @@ async def test_claim_confirm_then_a_resend_sees_the_original_receipt(make_store)
     store = await started(make_store[0])
     claim = await store.claim("VN-NSW", "M-1", "d1")
     assert isinstance(claim, Claimed)
-    assert await store.lookup("VN-NSW", "M-1") is None  # pending is not seen
+    assert await store.claim("VN-NSW", "M-1", "d1") == InFlight()  # pending is not seen
     assert await store.confirm(claim, RECEIPT)
     again = await store.claim("VN-NSW", "M-1", "d2")
     assert again == Seen(replace(RECEIPT, duplicate=True), "d1")
-    assert await store.lookup("VN-NSW", "M-1") == replace(RECEIPT, duplicate=True)
     # the key is (sender, id): another sender's M-1 is a different message
     assert isinstance(await store.claim("TH-NSW", "M-1", "d1"), Claimed)
 
@@ -146,8 +138,7 @@ async def test_entries_expire_after_the_window(make_store) -> None:  # type: ign
     clock.now += 7 * DAY - 1
     assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Seen)
     clock.now += 2
-    assert await store.lookup("VN-NSW", "M-1") is None  # lazily ignored before any purge
-    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)
+    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)  # lazily ignored before any purge
 
 
 async def test_purge_deletes_expired_entries_and_stale_claims_only(make_store) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +157,7 @@ async def test_purge_deletes_expired_entries_and_stale_claims_only(make_store) -
     assert isinstance(stale, Claimed)
     assert await store.purge() == 4
     assert await store.purge() == 0
-    assert await store.lookup("VN-NSW", "FRESH") is not None
+    assert isinstance(await store.claim("VN-NSW", "FRESH", "d"), Seen)
 
 
 async def test_a_new_instance_on_the_same_store_remembers(make_store) -> None:  # type: ignore[no-untyped-def]
@@ -177,7 +168,7 @@ async def test_a_new_instance_on_the_same_store_remembers(make_store) -> None:  
     await first.confirm(claim, RECEIPT)
     await first.close()
     second = await started(factory)  # a restarted gateway
-    assert await second.lookup("VN-NSW", "M-1") == replace(RECEIPT, duplicate=True)
+    assert await second.claim("VN-NSW", "M-1", "d") == Seen(replace(RECEIPT, duplicate=True), "d")
 
 
 async def test_postgres_down_is_a_store_error_not_a_hang_and_start_up_survives() -> None:
@@ -741,11 +732,22 @@ async def test_sqlite_calls_from_concurrent_requests_share_thread_hops_and_keep_
             raise sqlite3.OperationalError("disk I/O error")
 
         both: list[object] = await asyncio.gather(
-            store.lookup("VN-NSW", "B-0"), store._run(boom), return_exceptions=True
+            store.claim("VN-NSW", "B-0", "d"), store._run(boom), return_exceptions=True
         )
         ok, bad = both
-        assert ok is None  # pending, not queued: no receipt — and unaffected by its neighbour's failure
+        assert ok == InFlight()  # still pending — and unaffected by its neighbour's failure
         assert isinstance(bad, StoreError)
         assert "disk I/O error" in str(bad)
     finally:
         await store.close()
+
+
+def test_the_stores_import_only_store_py_and_a_sqlite_gateway_never_loads_asyncpg() -> None:
+    """policy.py imports the stores at the top, so they must not import it back; asyncpg waits for a PostgresStore."""
+    folder = ROOT / "gateway" / "intake" / "dedup"
+    for name in ("store", "sqlite", "postgres", "late"):
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "gateway.intake.dedup.policy" not in imported, f"{name}.py imports policy.py"
+    code = "import sys, gateway.runtime.app; assert 'asyncpg' not in sys.modules, 'asyncpg loaded at import'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
