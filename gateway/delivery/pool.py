@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.broker.publisher import Broker
@@ -47,8 +48,9 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connection_task
 
-    def states(self) -> dict[str, dict[str, Any]]:
-        depths = self.broker.depths
+    def states(self, depths: Mapping[str, tuple[int, int]] | None = None) -> dict[str, dict[str, Any]]:
+        """Each worker's state; backlog and parked from `depths` if given, else from the broker's last poll."""
+        depths = self.broker.depths if depths is None else depths
         out: dict[str, dict[str, Any]] = {}
         for dest_id, w in self.workers.items():
             backlog, parked = depths.get(dest_id, (None, None))

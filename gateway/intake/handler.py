@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -47,26 +47,18 @@ _CHUNK = 64 * 1024
 
 @dataclass
 class Ingress:
+    """The door's steps, each built and passed in by create_app (gateway/runtime/app.py)."""
+
     settings: Settings
     validator: Validator
     router: Router
     broker: Broker
     metrics: Metrics
     auth: Authenticator
-    # Duplicate elimination (gateway/intake/dedup/policy.py); create_app passes the configured one.
-    dedup: Deduplicator = field(default_factory=lambda: Deduplicator(None))
-    # --- partner security (issue 6): built from settings; tests may swap in fake-clock ones ---
-    limiter: PartnerRateLimiter = field(init=False)
-    gate: ConcurrencyGate = field(init=False)
-    signatures: SignatureVerifier = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.limiter = PartnerRateLimiter(self.settings.partners)
-        self.gate = ConcurrencyGate(self.settings.server.max_concurrency)
-        self.signatures = SignatureVerifier(self.settings.partners, config_file=str(self.settings.path))
-        # How claims kept after a confirm timeout were settled (gateway/intake/dedup/policy.py). Wired here
-        # because the Deduplicator reaches us already built and this object owns the metrics.
-        self.dedup.on_late = lambda outcome: self.metrics.dedup_late_outcomes.labels(outcome).inc()
+    dedup: Deduplicator  # publish once per (sender, MessageId): gateway/intake/dedup/
+    limiter: PartnerRateLimiter
+    gate: ConcurrencyGate
+    signatures: SignatureVerifier
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -128,7 +120,7 @@ class Ingress:
             body=body,
             test=env.test,
         )
-        # --- dedup: publish unless (sender, MessageId) was queued already (gateway/intake/dedup/policy.py) ---
+        # Publish unless (sender, MessageId) was queued already (gateway/intake/dedup/policy.py).
         receipt = await self.dedup.publish_once(message, self.broker.publish)
         if receipt.duplicate:
             self.metrics.ingest_messages.labels(partner.id, env.message_type, "duplicate").inc()
@@ -144,7 +136,6 @@ class Ingress:
                 },
             )
             return web.json_response(receipt.as_json(), status=200)
-        # --- end dedup ---
         self.metrics.ingest_messages.labels(partner.id, env.message_type, "accepted").inc()
         log.info(
             "queued",

@@ -5,8 +5,8 @@ the request and soon its body in memory, which is the growth they exist to preve
 
 - `PartnerRateLimiter` is checked right after authentication and before the body is read,
   so one partner sending too fast gets 429 + Retry-After and cannot use up the capacity the
-  others share. Each partner has its own bucket (`rate_per_s`, `burst` from its
-  `[[partners]]` table), so the others never notice.
+  others share. Each partner has its own token bucket (gateway/pacing.py; `rate_per_s`,
+  `burst` from its `[[partners]]` table), so the others never notice.
 - `ConcurrencyGate` is taken first thing in the ingress handler: with
   `[server] max_concurrency` requests already in flight, the next one gets 503 +
   Retry-After before anything of it is read. It bounds memory (at most that many bodies of
@@ -20,30 +20,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from gateway.errors import Overloaded, RateLimited
+from gateway.pacing import TokenBucket
 from gateway.settings.model import Partner
-
-Clock = Callable[[], float]
-
-
-class _Bucket:
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), now
-
-    def take(self, now: float) -> float:
-        """Take one token; return 0.0 on success, else the seconds until one is earned."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+from gateway.timeutil import Clock
 
 
 class PartnerRateLimiter:
@@ -59,21 +42,23 @@ class PartnerRateLimiter:
 
     def __init__(self, partners: Iterable[Partner], *, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        now = clock()
-        self._buckets = {p.id: _Bucket(p.rate_per_s, p.burst, now) for p in partners}
+        self._buckets = {p.id: self._bucket(p) for p in partners}
 
     def check(self, partner: Partner) -> None:
         """Admit one request from `partner` or raise RateLimited (429) with Retry-After (whole seconds, >= 1)."""
         bucket = self._buckets.get(partner.id)
         if bucket is None:  # a partner not known at start (tests building partners by hand)
-            bucket = self._buckets[partner.id] = _Bucket(partner.rate_per_s, partner.burst, self._clock())
-        wait_s = bucket.take(self._clock())
+            bucket = self._buckets[partner.id] = self._bucket(partner)
+        wait_s = bucket.take()
         if wait_s > 0.0:
             raise RateLimited(
                 f"Partner {partner.id!r} is limited to {partner.rate_per_s:g} messages/s "
                 f"(bursts of {partner.burst}); retry after the Retry-After delay.",
                 retry_after_s=max(1, math.ceil(wait_s)),
             )
+
+    def _bucket(self, partner: Partner) -> TokenBucket:
+        return TokenBucket(partner.rate_per_s, burst=partner.burst, clock=self._clock)
 
 
 class ConcurrencyGate:

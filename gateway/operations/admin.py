@@ -28,7 +28,7 @@ from gateway.errors import InvalidMessage
 from gateway.observability.metrics import Metrics
 from gateway.operations import replay
 from gateway.operations.access import check_admin
-from gateway.settings.model import Admin
+from gateway.settings.model import Settings
 
 
 def _timeout(params: dict[str, Any]) -> float:
@@ -57,8 +57,10 @@ def _filter(params: dict[str, Any]) -> replay.ReplayFilter:
 
 
 class AdminApi:
-    def __init__(self, admin: Admin, broker: Broker, delivery: Delivery | None, metrics: Metrics) -> None:
-        self.admin = admin
+    """The routes above. `settings` names the destinations, the admin credential and the broker replay uses."""
+
+    def __init__(self, settings: Settings, broker: Broker, delivery: Delivery | None, metrics: Metrics) -> None:
+        self.settings = settings
         self.broker = broker
         self.delivery = delivery
         self.metrics = metrics
@@ -73,23 +75,24 @@ class AdminApi:
         ]
 
     def _auth(self, request: web.Request) -> str:
-        check_admin(request.headers.get("Authorization"), self.admin)
+        check_admin(request.headers.get("Authorization"), self.settings.admin)
         dest = request.match_info.get("id", "")
-        if dest and dest not in {d.id for d in self.broker.settings.destinations}:
+        if dest and dest not in {d.id for d in self.settings.destinations}:
             raise web.HTTPNotFound(text=f"unknown destination {dest!r}")
         return dest
 
     async def destinations(self, request: web.Request) -> web.Response:
         self._auth(request)
-        if self.broker.ready:  # fresh depths for a person asking (O(destinations) passive declares)
+        depths = self.broker.depths  # the last poll's...
+        if self.broker.ready:  # ...or fresh ones for a person asking (O(destinations) passive declares)
             with contextlib.suppress(Exception):
-                self.broker.depths = await self.broker.queue_depths()
+                depths = await self.broker.queue_depths()
         if self.delivery is not None:
-            rows = list(self.delivery.states().values())
+            rows = list(self.delivery.states(depths).values())
         else:  # ingress-only replica: queue depths are still known from the broker
             rows = [
                 {"id": d, "state": "unknown (no delivery here)", "backlog": b, "parked": p}
-                for d, (b, p) in self.broker.depths.items()
+                for d, (b, p) in depths.items()
             ]
         return web.json_response({"destinations": rows})
 
@@ -113,7 +116,7 @@ class AdminApi:
         dest = self._auth(request)
         params = dict(request.query)
         params.setdefault("limit", "100")
-        rows = await replay.browse(self.broker.settings, dest, _filter(params))
+        rows = await replay.browse(self.settings, dest, _filter(params))
         return web.json_response({"id": dest, "parked": [asdict(r) for r in rows]})
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -128,7 +131,7 @@ class AdminApi:
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate < 0):
             raise InvalidMessage(f"Bad replay request: rate: {rate!r} must be a number >= 0", reason="bad_filter")
         report = await replay.replay(
-            self.broker.settings,
+            self.settings,
             dest,
             _filter(params),
             rate_per_s=float(rate) if rate else None,

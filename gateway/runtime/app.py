@@ -23,7 +23,9 @@ from gateway.intake import rules
 from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.handler import Ingress
 from gateway.intake.identity import Authenticator
+from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
 from gateway.intake.routing import Router
+from gateway.intake.signature import SignatureVerifier
 from gateway.intake.validation import Validator
 from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.observability.problems import problem_middleware
@@ -64,7 +66,7 @@ def create_app(
     app = web.Application(
         middlewares=[request_timing_middleware(metrics), problem_middleware],
         client_max_size=settings.server.max_body_bytes,
-        # Partner security (issue 6): bounded request line and header lines (400/431 above),
+        # Partner security: bounded request line and header lines (400/431 above),
         # and a deadline to deliver a complete request head after connecting or after the
         # previous response, which also closes slowloris connections that trickle headers.
         handler_args=handler_args,
@@ -92,11 +94,12 @@ def create_app(
     app.cleanup_ctx.append(lifespan)
 
     if role in ("all", "ingress"):
-        # --- dedup: the store of seen MessageIds, opened and closed with the app ---
+        # The store of seen MessageIds, opened and closed with the app.
         dedup = Deduplicator.from_settings(
             settings.dedup,
             retry_after_s=settings.broker.retry_after_s,
             on_error=lambda operation: metrics.dedup_store_errors.labels(operation).inc(),
+            on_late=lambda outcome: metrics.dedup_late_outcomes.labels(outcome).inc(),
         )
 
         async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -105,9 +108,17 @@ def create_app(
             await dedup.close()
 
         app.cleanup_ctx.append(dedup_lifespan)
-        # --- end dedup ---
         ingress = Ingress(
-            settings, validator, Router(settings.routes), broker, metrics, Authenticator(settings.partners), dedup
+            settings,
+            validator,
+            Router(settings.routes),
+            broker,
+            metrics,
+            auth=Authenticator(settings.partners),
+            dedup=dedup,
+            limiter=PartnerRateLimiter(settings.partners),
+            gate=ConcurrencyGate(settings.server.max_concurrency),
+            signatures=SignatureVerifier(settings.partners, config_file=str(settings.path)),
         )
         app[INGRESS] = ingress
 
@@ -129,7 +140,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
 
-    admin_routes = AdminApi(settings.admin, broker, delivery, metrics).routes()
+    admin_routes = AdminApi(settings, broker, delivery, metrics).routes()
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
         admin_app = web.Application(
             middlewares=[request_timing_middleware(metrics), problem_middleware], handler_args=handler_args
