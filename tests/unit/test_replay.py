@@ -136,6 +136,6 @@ def test_cli_refuses_a_time_limit_out_of_range(capsys: pytest.CaptureFixture[str
 def test_cli_replay_with_the_broker_down_exits_1_and_says_why(
     unreachable: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.cli._use_uvloop", lambda: None)  # keep this process's loop policy
+    monkeypatch.setattr("gateway.runtime.serve.use_uvloop", lambda: None)  # keep this process's loop policy
     assert main(["replay", "--config", str(unreachable.path), "--destination", "vnaccs"]) == 1
     assert "not reachable" in capsys.readouterr().err
