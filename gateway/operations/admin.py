@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.broker.publisher import Broker
-from gateway.delivery import Delivery
+from gateway.delivery.pool import Delivery
 from gateway.errors import InvalidMessage
 from gateway.observability.metrics import Metrics
 from gateway.operations import replay
