@@ -24,12 +24,14 @@ from gateway.timeutil import iso_unix
 
 
 class Delivery:
-    """The pool: one consumer connection, one worker per destination."""
+    """The pool: one consumer connection (built by create_app), one worker per destination."""
 
-    def __init__(self, destinations: tuple[Destination, ...], broker: Broker, metrics: Metrics) -> None:
+    def __init__(
+        self, destinations: tuple[Destination, ...], broker: Broker, connection: ConsumerConnection, metrics: Metrics
+    ) -> None:
         self.broker = broker
         self.metrics = metrics
-        self.connection = ConsumerConnection(broker.settings.broker)
+        self.connection = connection
         self.workers = {d.id: DestinationWorker(d, broker, self.connection, metrics) for d in destinations}
         self._connection_task: asyncio.Task[None] | None = None
 

@@ -18,7 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.broker.publisher import Broker
-from gateway.delivery import Delivery
+from gateway.delivery.pool import Delivery
+from gateway.delivery.connection import ConsumerConnection
 from gateway.intake import rules
 from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.handler import Ingress
@@ -56,7 +57,11 @@ def create_app(
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     validator = Validator.from_settings(settings, rules=rules.check)
     broker = Broker(settings, metrics)
-    delivery = Delivery(settings.destinations, broker, metrics) if role in ("all", "delivery") else None
+    delivery = (
+        Delivery(settings.destinations, broker, ConsumerConnection(settings.broker), metrics)
+        if role in ("all", "delivery")
+        else None
+    )
 
     handler_args = {
         "max_line_size": settings.server.max_header_bytes,
