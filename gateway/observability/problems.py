@@ -3,6 +3,8 @@
 IngressError subclasses carry their status, reason and problems list; aiohttp's own
 HTTP errors (404, 405, 413 from the framework) are rendered the same way; anything else is
 a 500 whose body leaks nothing but a correlation id that is also in the log.
+`problem_response` is the one builder of a problem+json answer; the simulator
+(gateway/tools/simulator.py) answers its simulated failures with it too.
 """
 
 from __future__ import annotations

@@ -35,17 +35,18 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from gateway.observability.problems import problem_response
+from gateway.timeutil import Sleep
+
 log = logging.getLogger("gateway.tools.simulator")
 
 MODES = ("up", "down", "error", "sick", "slow", "reject", "flap")
-Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,6 @@ class Received:
     conflicts: int
     rejected: int
     by_type: dict[str, int]  # unique ids per message type
-
-
-def _problem(status: int, title: str, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    resp = web.json_response(body, status=status, content_type="application/problem+json")
-    resp.headers.update(headers or {})
-    return resp
 
 
 class Simulator:
@@ -285,12 +279,12 @@ class Simulator:
             return failure
         if not mid:
             self._rejected += 1
-            return _problem(400, "Missing message id", "the X-Message-Id header is required")
+            return problem_response(400, "Missing message id", "the X-Message-Id header is required")
         if mid in mode.fail_ids:
-            return _problem(mode.fail_status, "Poison message", f"simulator always fails message {mid!r}")
+            return problem_response(mode.fail_status, "Poison message", f"simulator always fails message {mid!r}")
         if mode.name == "reject" and mtype in mode.reject_types:
             self._rejected += 1
-            return _problem(400, "Rejected", f"simulator rejects message type {mtype!r}")
+            return problem_response(400, "Rejected", f"simulator rejects message type {mtype!r}")
         digest = hashlib.sha256(body).hexdigest()
         d = Arrival(mid, mtype, h.get("X-Message-From", ""), h.get("X-Delivery-Attempt", ""), len(body), digest)
         self.deliveries.append(d)
@@ -324,7 +318,9 @@ class Simulator:
             return None
         status = mode.status if post else 503
         headers = {"Retry-After": mode.retry_after} if mode.retry_after is not None else None
-        return _problem(status, "Simulated failure", f"simulator in {mode.name} mode ({status})", headers)
+        return problem_response(
+            status, "Simulated failure", f"simulator in {mode.name} mode ({status})", headers=headers
+        )
 
     async def _set_listening(self, up: bool) -> None:
         async with self._listen_lock:
