@@ -6,6 +6,21 @@
 #
 # Slim Debian base, a virtualenv owned by root, the process runs as an unprivileged user,
 # and the health check uses the gateway's own /healthz.
+
+# Stage 1 builds the wheel: the package plus the two folders its package data links to
+# (gateway/schemas -> schemas/, gateway/tools/demo.toml -> ops/gateway.toml); setuptools copies
+# them into the wheel. Stage 2 installs that wheel, not the source: the image runs what
+# `pip install swgw-*.whl` gives anyone (tests/packaging/test_wheel.py checks the same wheel).
+FROM python:3.11-slim-bookworm AS wheel
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY ops/gateway.toml ./ops/gateway.toml
+COPY gateway ./gateway
+RUN pip wheel --no-deps --wheel-dir /dist .
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,15 +32,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 swgw \
  && useradd --system --uid 10001 --gid swgw --home-dir /var/lib/swgw --create-home --shell /usr/sbin/nologin swgw
 
-WORKDIR /app
-# Dependencies first (better layer caching), then the source. lxml ships manylinux wheels,
-# so no compiler is needed. The package is installed in editable mode on purpose: the
-# envelope schema and the message-set XSDs are read from /app/schemas next to the code.
-COPY pyproject.toml README.md ./
-COPY gateway ./gateway
+# A normal (non-editable) install: the envelope schema, the message set and the demo config are
+# the package's own data in site-packages. lxml ships manylinux wheels, so no compiler is needed.
+# The last line compiles every schema of the shipped demo config, so an image whose package
+# lacks its data fails to build.
+COPY --from=wheel /dist/ /tmp/dist/
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-compile -e . \
- && /opt/venv/bin/swgw --help >/dev/null
+ && /opt/venv/bin/pip install --no-compile /tmp/dist/swgw-*.whl \
+ && rm -rf /tmp/dist \
+ && /opt/venv/bin/swgw --help >/dev/null \
+ && /opt/venv/bin/swgw check-config --config "$(/opt/venv/bin/python -c 'from gateway.tools.demo import DEMO_CONFIG; print(DEMO_CONFIG)')"
+# The container's config (SWGW_CONFIG) and the message set it names (../../schemas from it):
+# operator data beside the package, from the same checkout as the wheel.
+WORKDIR /app
 COPY schemas ./schemas
 COPY ops ./ops
 
