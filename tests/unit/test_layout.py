@@ -7,9 +7,10 @@ The dependency rule, by stage (a folder of gateway/, or the kernel modules besid
     settings                                          -> kernel
     observability                                     -> kernel, settings
     broker                                            -> kernel, settings, observability
-    intake                                            -> kernel, settings, observability, broker
-    delivery                                          -> kernel, settings, observability, broker
-    operations                                        -> kernel, settings, observability, broker, delivery
+    journal                                           -> kernel, settings, observability
+    intake                                            -> kernel, settings, observability, broker, journal
+    delivery                                          -> kernel, settings, observability, broker, journal
+    operations                                        -> kernel, settings, observability, broker, journal, delivery
     runtime                                           -> everything but tools and cli
     tools                                             -> everything but cli
     cli, __main__                                     -> everything
@@ -32,14 +33,14 @@ ALLOWED: dict[str, set[str]] = {
     "settings": BASE | {"settings"},
     "observability": BASE | {"settings", "observability"},
     "broker": BASE | {"settings", "observability", "broker"},
-    "intake": BASE | {"settings", "observability", "broker", "intake"},
-    "delivery": BASE | {"settings", "observability", "broker", "delivery"},
-    "operations": BASE | {"settings", "observability", "broker", "delivery", "operations"},
-    "runtime": BASE | {"settings", "observability", "broker", "intake", "delivery", "operations", "runtime"},
-    "tools": BASE | {"settings", "observability", "broker", "intake", "delivery", "operations", "runtime", "tools"},
-    "cli": BASE
-    | {"settings", "observability", "broker", "intake", "delivery", "operations", "runtime", "tools", "cli"},
+    "journal": BASE | {"settings", "observability", "journal"},
+    "intake": BASE | {"settings", "observability", "broker", "journal", "intake"},
+    "delivery": BASE | {"settings", "observability", "broker", "journal", "delivery"},
+    "operations": BASE | {"settings", "observability", "broker", "journal", "delivery", "operations"},
 }
+ALLOWED["runtime"] = set().union(*ALLOWED.values()) | {"runtime"}
+ALLOWED["tools"] = ALLOWED["runtime"] | {"tools"}
+ALLOWED["cli"] = ALLOWED["tools"] | {"cli"}
 MAX_LINES = 450
 
 
