@@ -9,6 +9,7 @@ GatewayError
 │   ├── Forbidden             403    From is not the partner, type or receiver not allowed
 │   ├── RequestTimeout        408    body not received within server.request_timeout_s (slowloris)
 │   ├── ReplayInProgress      409    admin/CLI: another replay of the destination runs (CLI exit 3)
+│   ├── MessageIdReused       409    the (sender, MessageId) was queued before with another body
 │   ├── PayloadTooLarge       413
 │   ├── UnsupportedMediaType  415
 │   ├── InvalidMessage        422    schema / rule problems (carries the problems list)
@@ -16,7 +17,9 @@ GatewayError
 │   ├── BrokerUnavailable     503    no confirm: down, blocked, unroutable or timed out; Retry-After
 │   │   └── ConfirmTimeout    503    no confirm within broker.confirm_timeout_s (may still be queued)
 │   ├── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
-│   └── (gateway/intake/dedup/policy.py)           MessageIdReused 409, DuplicateInFlight 503, DedupUnavailable 503
+│   ├── DuplicateInFlight     503    another request holds the claim on this MessageId; Retry-After
+│   └── DedupUnavailable      503    the store of seen MessageIds failed (on_store_error = "reject")
+├── StoreError                       a dedup store failed; dedup answers per on_store_error (503 or publish unchecked)
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
     └── PermanentDeliveryError       park now (other 4xx)
@@ -195,6 +198,34 @@ class Overloaded(IngressError):
     status = 503
     title = "Overloaded"
     reason = "overloaded"
+
+
+class DuplicateInFlight(IngressError):
+    """Another request holds the claim for this id and has not finished publishing it."""
+
+    status = 503
+    title = "Duplicate in flight"
+    reason = "duplicate_in_flight"
+
+
+class MessageIdReused(IngressError):
+    """The id was already accepted from this sender with a different body; nothing was queued."""
+
+    status = 409
+    title = "MessageId already used"
+    reason = "message_id_reused"
+
+
+class DedupUnavailable(IngressError):
+    """The store of seen ids cannot be reached; nothing was queued."""
+
+    status = 503
+    title = "Duplicate check unavailable"
+    reason = "dedup_unavailable"
+
+
+class StoreError(GatewayError):
+    """A dedup store operation failed (database down, locked, timed out); the cause is chained."""
 
 
 class DeliveryError(GatewayError):

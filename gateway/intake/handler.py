@@ -24,11 +24,12 @@ from gateway.broker.publisher import Broker
 from gateway.errors import (
     Forbidden,
     IngressError,
+    MessageIdReused,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
 )
-from gateway.intake.dedup.policy import Deduplicator, MessageIdReused
+from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.identity import Authenticator
 from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
 from gateway.intake.routing import Router

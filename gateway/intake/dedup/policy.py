@@ -71,40 +71,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway.errors import ConfirmTimeout, IngressError
+from gateway.errors import ConfirmTimeout, DedupUnavailable, DuplicateInFlight, MessageIdReused, StoreError
 from gateway.intake.dedup.late import LateConfirms
 from gateway.intake.dedup.postgres import PostgresStore
 from gateway.intake.dedup.sqlite import SqliteStore
-from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen, StoreError
+from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen
 from gateway.messages import QueuedMessage
 from gateway.settings.model import Dedup
 from gateway.timeutil import Clock
 
 log = logging.getLogger("swgw.dedup")
-
-
-class DuplicateInFlight(IngressError):
-    """Another request holds the claim for this id and has not finished publishing it."""
-
-    status = 503
-    title = "Duplicate in flight"
-    reason = "duplicate_in_flight"
-
-
-class MessageIdReused(IngressError):
-    """The id was already accepted from this sender with a different body; nothing was queued."""
-
-    status = 409
-    title = "MessageId already used"
-    reason = "message_id_reused"
-
-
-class DedupUnavailable(IngressError):
-    """The store of seen ids cannot be reached; nothing was queued."""
-
-    status = 503
-    title = "Duplicate check unavailable"
-    reason = "dedup_unavailable"
 
 
 class Publish(Protocol):

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.intake.dedup.store import PURGE_BATCH, Claimed, ClaimResult, InFlight, Limits, Receipt, Seen, StoreError
+from gateway.errors import StoreError
+from gateway.intake.dedup.store import PURGE_BATCH, Claimed, ClaimResult, InFlight, Limits, Receipt, Seen
 from gateway.settings.model import Dedup
 from gateway.timeutil import Clock
 

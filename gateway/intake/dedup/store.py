@@ -20,10 +20,6 @@ PURGE_BATCH = 10_000
 """Rows per DELETE when purging: keeps each purge transaction short."""
 
 
-class StoreError(Exception):
-    """A store operation failed (database down, locked, timed out); the cause is chained."""
-
-
 @dataclass(frozen=True)
 class Receipt:
     """What the partner was answered when the id was first queued."""

@@ -16,12 +16,20 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.errors import BrokerUnavailable, ConfigError, ConfirmTimeout
+from gateway.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    ConfirmTimeout,
+    DedupUnavailable,
+    DuplicateInFlight,
+    MessageIdReused,
+    StoreError,
+)
 from gateway.intake.dedup.late import LATE_OUTCOMES
-from gateway.intake.dedup.policy import Deduplicator, DedupUnavailable, DuplicateInFlight, MessageIdReused
+from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.dedup.postgres import PostgresStore
 from gateway.intake.dedup.sqlite import SqliteStore
-from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen, StoreError
+from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.load import load_settings
