@@ -61,7 +61,6 @@ def make_app(queue: str) -> web.Application:
                 "x-swgw-type": values["MessageType"],
                 "x-swgw-from": values["From"],
                 "x-swgw-to": values["To"],
-                "x-swgw-partner": values["From"],
                 "x-swgw-destination": "ceiling",
                 "x-swgw-received-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "x-swgw-test": False,

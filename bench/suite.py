@@ -440,7 +440,7 @@ async def publish_backlog(queue: str, prefix: str, count: int, *, parked: bool, 
                 mid = f"backlog-{run}-{i}"
                 msg = QueuedMessage(
                     message_id=mid, correlation_id=None, message_type="CUSDEC", sender="VN-NSW",
-                    receiver="VN-VNACCS", partner="VN-NSW", destination=DEST, received_at=received,
+                    receiver="VN-VNACCS", destination=DEST, received_at=received,
                     body=pre + mid.encode() + post,
                 )  # fmt: skip
                 if parked:

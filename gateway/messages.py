@@ -37,9 +37,10 @@ class QueuedMessage:
     message_id: str
     correlation_id: str | None
     message_type: str
+    # The envelope's From. Intake refuses (403) a From that is not the authenticated partner,
+    # so this is also the partner who sent it; there is no separate partner field.
     sender: str
     receiver: str
-    partner: str
     destination: str
     received_at: str
     body: bytes
@@ -55,7 +56,6 @@ class QueuedMessage:
             _H + "type": self.message_type,
             _H + "from": self.sender,
             _H + "to": self.receiver,
-            _H + "partner": self.partner,
             _H + "destination": self.destination,
             _H + "received-at": self.received_at,
             _H + "test": self.test,
@@ -152,7 +152,6 @@ class QueuedMessage:
             message_type=text("type"),
             sender=text("from"),
             receiver=text("to"),
-            partner=text("partner"),
             destination=text("destination"),
             received_at=text("received-at"),
             body=body,

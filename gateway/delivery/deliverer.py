@@ -297,7 +297,7 @@ class Deliverer:
         return {
             "event": event,
             "message_id": msg.message_id,
-            "partner": msg.partner,
+            "partner": msg.sender,
             "message_type": msg.message_type,
             "destination": self.dest.id,
             **more,

@@ -76,7 +76,7 @@ class Parker:
         copy = msg.parked(parking).to_amqp
         ctx = {
             "message_id": msg.message_id,
-            "partner": msg.partner,
+            "partner": msg.sender,
             "message_type": msg.message_type,
             "destination": self.dest.id,
         }

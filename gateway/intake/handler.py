@@ -115,7 +115,6 @@ class Ingress:
             message_type=env.message_type,
             sender=env.sender,
             receiver=env.receiver,
-            partner=partner.id,
             destination=destination,
             received_at=iso(now_utc()),
             body=body,

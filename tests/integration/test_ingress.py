@@ -49,13 +49,7 @@ async def test_valid_message_is_confirmed_and_queued_with_its_properties(gw) -> 
     assert raw.delivery_mode == 2  # persistent
     assert raw.message_id == receipt["message_id"]
     msg = QueuedMessage.from_amqp(raw)
-    assert (msg.message_type, msg.sender, msg.receiver, msg.partner, msg.destination) == (
-        "CUSDEC",
-        "VN-NSW",
-        "VN-VNACCS",
-        "VN-NSW",
-        "vnaccs",
-    )
+    assert (msg.message_type, msg.sender, msg.receiver, msg.destination) == ("CUSDEC", "VN-NSW", "VN-VNACCS", "vnaccs")
     assert msg.received_at == receipt["received_at"]
     assert (
         gw.metric(

@@ -41,7 +41,6 @@ def parked(message_id: str, message_type: str = "CUSDEC", sender: str = "VN-NSW"
         message_type=message_type,
         sender=sender,
         receiver="VN-VNACCS",
-        partner=sender,
         destination="vnaccs",
         received_at="2026-11-23T00:00:00.000Z",
         body=f"<x id='{message_id}'/>".encode(),

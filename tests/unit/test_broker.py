@@ -74,7 +74,6 @@ def message() -> QueuedMessage:
         message_type="CUSDEC",
         sender="VN-NSW",
         receiver="VN-VNACCS",
-        partner="VN-NSW",
         destination="vnaccs",
         received_at="2026-11-23T01:00:00.000Z",
         body=b"<x/>",

@@ -27,7 +27,6 @@ def msg(**kw: Any) -> QueuedMessage:
         "message_type": "CUSDEC",
         "sender": "VN-NSW",
         "receiver": "VN-VNACCS",
-        "partner": "VN-NSW",
         "destination": "vnaccs",
         "received_at": "2026-11-23T00:00:00.000Z",
         "body": b"<x/>",

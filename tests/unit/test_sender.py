@@ -14,7 +14,7 @@ from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
 
-MSG = QueuedMessage("M-1", None, "CUSDEC", "VN-NSW", "VN-VNACCS", "VN-NSW", "d", "2026-12-01T00:00:00.000Z", b"<x/>")
+MSG = QueuedMessage("M-1", None, "CUSDEC", "VN-NSW", "VN-VNACCS", "d", "2026-12-01T00:00:00.000Z", b"<x/>")
 
 
 @pytest.fixture

@@ -202,7 +202,6 @@ def message(message_id: str = "M-1", body: bytes = b"<x/>") -> QueuedMessage:
         message_type="CUSDEC",
         sender="VN-NSW",
         receiver="VN-VNACCS",
-        partner="VN-NSW",
         destination="vnaccs",
         received_at="2026-11-23T01:00:00.000Z",
         body=body,
