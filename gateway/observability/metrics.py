@@ -104,7 +104,8 @@ class Metrics:
         )
         self.deliveries = Counter(
             "swgw_deliveries_total",
-            "Delivery outcomes by destination: delivered, parked, requeued (circuit opened), failed_transient.",
+            "Delivery outcomes by destination: delivered, parked, returned (handed back to the queue with a "
+            "confirm), requeued (nacked back: the hand-back failed, or the worker hit a bug).",
             ["destination", "outcome"],
             registry=r,
         )
@@ -177,7 +178,7 @@ class Metrics:
         self.returned = Counter(
             "swgw_delivery_returned_total",
             "Messages handed back to the destination queue unsent or after failing (republished with a confirm, "
-            "so no delivery count is spent), by reason (circuit, trial_failed, stopping).",
+            "so no delivery count is spent), by reason (circuit, trial_failed, paused, parking_stuck).",
             ["destination", "reason"],
             registry=r,
         )
