@@ -166,7 +166,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     Validator.from_settings(settings)  # compiles every schema: a broken XSD fails here
-    # Partner security (issue 6): TLS files and signing certificates load here too.
+    # Partner security: TLS files and signing certificates load here too.
     tls.server_context(settings.server, config_file=str(settings.path))
     SignatureVerifier(settings.partners, config_file=str(settings.path))
     print(

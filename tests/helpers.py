@@ -275,7 +275,7 @@ def with_message_id(body: bytes, message_id: str) -> bytes:
     return body[:start] + message_id.encode() + body[end:]
 
 
-# --- dedup: PostgreSQL for the shared store of seen ids (gateway/intake/dedup/policy.py) ---------------------
+# PostgreSQL for the shared store of seen ids (gateway/intake/dedup/).
 # ops/setup-env.sh creates this role and database; trust or password auth both work with it.
 PG_DSN = os.environ.get("SWGW_TEST_PG_DSN", "postgresql://swgw:swgw@127.0.0.1:5432/swgw_test")
 
@@ -299,9 +299,6 @@ async def drop_pg_table(table: str, dsn: str = PG_DSN) -> None:
         await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
     finally:
         await conn.close()
-
-
-# --- end dedup ---------------------------------------------------------------------------------
 
 
 # --- delivery test helpers -------------------------------------------------------

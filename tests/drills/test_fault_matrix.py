@@ -1,4 +1,4 @@
-"""The fault matrix (issue 11): the whole gateway, as users run it, through the faults of real outages.
+"""The fault matrix: the whole gateway, as users run it, through the faults of real outages.
 
 Every drill runs `python -m gateway serve` in the default role (intake and delivery in one
 process) on this module's private RabbitMQ node, a partner posting from another process

@@ -1,4 +1,4 @@
-"""Replay drills (issue 11 item 6): two replays of one destination at once, and a replay killed
+"""Replay drills: two replays of one destination at once, and a replay killed
 with SIGKILL half-way, against the whole gateway as users run it.
 
 The gateway is `swgw serve` (default role) on a private RabbitMQ node, delivering to the

@@ -129,7 +129,7 @@ async def test_simultaneous_posts_of_one_id_queue_it_once(settings: Settings) ->
     assert queued_ids(await get_all(Names(settings.broker.prefix).queue("vnaccs"))) == ["RACE-1"]
 
 
-# --- a MessageId reused for different content (issue 11, item 8) ---------------------------------
+# --- a MessageId reused for different content -------------------------------------------------
 
 CORRECTED = BODY.replace(b"<SentAt>2026-03-05T14:02:11+07:00</SentAt>", b"<SentAt>2026-03-05T14:09:00+07:00</SentAt>")
 
@@ -191,7 +191,7 @@ async def test_simultaneous_posts_of_one_id_with_different_bodies_never_get_two_
     assert [m.body for m in queued] == [bodies[winner]]
 
 
-# --- a confirm timeout followed by a late confirm (issue 11, item 9) -------------------------------
+# --- a confirm timeout followed by a late confirm -----------------------------------------------
 
 
 class HoldingProxy:

@@ -1,6 +1,6 @@
 """Delivery under faults, in-process (fast feedback; the drills in tests/drills run the same as processes).
 
-Each test is one bug of issue 11 that the old worker had: it fails against the old code.
+Each test is one bug the old worker had: it fails against the old code.
 """
 
 from __future__ import annotations
