@@ -15,8 +15,8 @@ decides. When the circuit closes again, `SlowStart.restart()` makes the drain ra
 instead of hitting a just-recovered backend with hours of backlog at full rate.
 
 `RateLimiter` paces the sends: the token bucket of gateway/pacing.py, refilled by the
-ramp. Everything here is driven by an injected monotonic clock and does no I/O, so tests
-use a fake clock. Only `RateLimiter.acquire` awaits, and only the sleep it is given.
+ramp. Nothing here does I/O; the ramp and the limiter run on an injected monotonic clock,
+so tests use a fake one. Only `RateLimiter.acquire` awaits, and only the sleep it is given.
 Pausing a destination by an admin is not the breaker's business: a paused destination is
 healthy, and mixing the two would make the `circuit_state` metric lie.
 """
@@ -56,10 +56,9 @@ class CircuitBreaker:
         failure_threshold: consecutive transient failures (>= 1) that open the circuit.
             A success in between resets the count. The worker should report a permanent
             rejection (4xx) as a success: the backend answered, so it is up.
-        clock: monotonic seconds; `time.monotonic` by default. Used for `changed_at`.
         on_change: called as `on_change(old, new)` after every transition, for logs,
-            metrics and to restart the slow-start ramp on closing. It runs inside the
-            `record_*` call, so it must not raise.
+            metrics (the worker keeps the time of the last change) and to restart the
+            slow-start ramp on closing. It runs inside the `record_*` call, so it must not raise.
 
     Contract for the worker: call `try_acquire()` before each send and skip the send if it
     returns False; report every acquired send exactly once with `record_success()` or
@@ -74,16 +73,13 @@ class CircuitBreaker:
         self,
         *,
         failure_threshold: int,
-        clock: Clock = time.monotonic,
         on_change: Callable[[CircuitState, CircuitState], None] | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
         self._threshold = failure_threshold
-        self._clock = clock
         self._on_change = on_change
         self._state = CircuitState.CLOSED
-        self._changed_at = clock()
         self._failures = 0
         self._failed_keys: set[Hashable] = set()
         self._trial_taken = False
@@ -91,11 +87,6 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         return self._state
-
-    @property
-    def changed_at(self) -> float:
-        """Clock reading of the last transition (construction time if none yet)."""
-        return self._changed_at
 
     def try_acquire(self) -> bool:
         """Claim permission for one send: always in CLOSED, once in HALF_OPEN, never in OPEN."""
@@ -147,7 +138,6 @@ class CircuitBreaker:
     def _move(self, new: CircuitState) -> None:
         old = self._state
         self._state = new
-        self._changed_at = self._clock()
         self._failures = 0
         self._failed_keys.clear()
         self._trial_taken = False

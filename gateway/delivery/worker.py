@@ -60,9 +60,7 @@ class DestinationWorker:
         self.connection = connection
         self.metrics = metrics
         self.queue_name = broker.names.queue(dest.id)
-        self.breaker = CircuitBreaker(
-            failure_threshold=dest.failure_threshold, clock=clock, on_change=self._on_circuit_change
-        )
+        self.breaker = CircuitBreaker(failure_threshold=dest.failure_threshold, on_change=self._on_circuit_change)
         self.ramp = SlowStart(
             max_rate_per_s=dest.max_rate_per_s, max_concurrency=dest.concurrency, ramp_s=dest.slow_start_s, clock=clock
         )
