@@ -47,7 +47,6 @@ from gateway.errors import ConfigError, Forbidden
 from gateway.settings.model import Partner
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-SIGNATURE_TAG = f"{{{DS_NS}}}Signature"
 ENVELOPED = f"{DS_NS}enveloped-signature"
 _ALLOWED_TRANSFORMS = frozenset({ENVELOPED, *(m.value for m in CanonicalizationMethod)})
 _ENVELOPE_TAG = "{urn:swgw:envelope:1}Envelope"

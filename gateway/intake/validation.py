@@ -53,8 +53,6 @@ _XSD_NS = "http://www.w3.org/2001/XMLSchema"
 _CLARK_RE = re.compile(r"\{[^{}\s']*:[^{}\s']*\}")
 _ELEMENT_PREFIX_RE = re.compile(r"^Element '[^']*'(?:, attribute '([^']*)')?: ")
 
-RuleCheck = Callable[[etree._Element], Sequence[Problem]]
-
 
 def untrusted_parser() -> etree.XMLParser:
     """The hardened parser for bytes from outside (also what bench/ceiling.py measures against)."""

@@ -18,8 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.broker.publisher import Broker
-from gateway.delivery.pool import Delivery
 from gateway.delivery.connection import ConsumerConnection
+from gateway.delivery.pool import Delivery
 from gateway.intake import rules
 from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.handler import Ingress
@@ -36,7 +36,6 @@ from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
 
 Role = Literal["all", "ingress", "delivery"]
-ROLES: tuple[Role, ...] = ("all", "ingress", "delivery")
 
 BROKER = web.AppKey("broker", Broker)
 METRICS = web.AppKey("metrics", Metrics)
