@@ -301,16 +301,6 @@ def limiter(clock: FakeClock, rate: float, *, ramp_s: float = 0.0) -> tuple[Slow
     return s, RateLimiter(s, sleep=sleep), sleep
 
 
-async def test_burst_is_a_tenth_of_a_second_of_the_rate() -> None:
-    clock = FakeClock()
-    _, lim, sleep = limiter(clock, 2500.0)
-    for _ in range(250):
-        await lim.acquire()
-    assert sleep.calls == []
-    await lim.acquire()
-    assert sleep.calls == [pytest.approx(1 / 2500)]
-
-
 async def test_rate_follows_the_slow_start_ramp() -> None:
     clock = FakeClock(0.0)
     s, lim, _ = limiter(clock, 1000.0, ramp_s=10.0)
