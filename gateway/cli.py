@@ -163,6 +163,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.intake.signature import SignatureVerifier
     from gateway.intake.validation import Validator
+    from gateway.journal import service as journal_service
 
     settings = _load(args)
     Validator.from_settings(settings)  # compiles every schema: a broken XSD fails here
@@ -173,6 +174,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{settings.path}: ok ({len(settings.partners)} partners, {len(settings.message_types)} message types, "
         f"{len(settings.destinations)} destinations, {len(settings.routes)} routes)"
     )
+    print(journal_service.describe(settings))  # on or off, where, how long; off says why
     return 0
 
 

@@ -292,11 +292,15 @@ def require_postgres() -> str:
 
 
 async def drop_pg_table(table: str, dsn: str = PG_DSN) -> None:
+    """Drop a dedup/journal table, its events table and every events partition (gateway/journal/postgres_schema.py)."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_events"')
+        # Partitions detached by a retention purge that did not get to drop them.
+        for name in await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE $1", f"{table}_events_p%"):
+            await conn.execute(f'DROP TABLE IF EXISTS "{name[0]}"')
     finally:
         await conn.close()
 

@@ -232,6 +232,30 @@ class Metrics:
         )
         for outcome in ("queued", "released", "expired", "cancelled", "error"):
             self.dedup_late_outcomes.labels(outcome)
+        # the message journal (gateway/journal/writer.py): unlabelled, so every series exists from the start
+        self.journal_write_seconds = Histogram(
+            "swgw_journal_write_seconds",
+            "Time to commit one batch of journal events (one transaction).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.journal_batch_events = Histogram(
+            "swgw_journal_batch_events",
+            "Journal events per commit: everything queued since the previous commit goes in one transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.journal_backlog = Gauge(
+            "swgw_journal_backlog_events",
+            "Journal events queued or being committed, not yet written. Deliveries wait for theirs before acking.",
+            registry=r,
+        )
+        self.journal_write_errors = Counter(
+            "swgw_journal_write_errors_total",
+            "Journal commits that failed (retried with backoff, events kept in order), and events that "
+            "arrived after the journal closed.",
+            registry=r,
+        )
 
 
 async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:

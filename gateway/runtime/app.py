@@ -28,6 +28,8 @@ from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
 from gateway.intake.routing import Router
 from gateway.intake.signature import SignatureVerifier
 from gateway.intake.validation import Validator
+from gateway.journal.model import JournalReader, JournalWriter
+from gateway.journal.service import Journal
 from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
@@ -43,6 +45,9 @@ VALIDATOR = web.AppKey("validator", Validator)
 INGRESS = web.AppKey("ingress", Ingress)
 DELIVERY = web.AppKey("delivery", Delivery)
 ADMIN_APP = web.AppKey("admin_app", web.Application)
+# The journal: JOURNAL is always set (a NullWriter when the journal is off); JOURNAL_READER only when it is on.
+JOURNAL = web.AppKey("journal", JournalWriter)
+JOURNAL_READER = web.AppKey("journal_reader", JournalReader)
 DEPTH_POLL_S = 2.0
 
 
@@ -54,6 +59,7 @@ def create_app(
     delivery_stop_timeout_s: float = 10.0,
 ) -> web.Application:
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    journal = Journal.from_settings(settings, metrics)  # also intake's store of seen ids
     validator = Validator.from_settings(settings, rules=rules.check)
     broker = Broker(settings, metrics)
     delivery = (
@@ -78,6 +84,17 @@ def create_app(
     app[METRICS] = metrics
     app[BROKER] = broker
     app[VALIDATOR] = validator
+    app[JOURNAL] = journal.writer
+    if journal.reader is not None:
+        app[JOURNAL_READER] = journal.reader
+
+    async def journal_lifespan(app: web.Application) -> AsyncIterator[None]:
+        # First up, last down: delivery journals until it has stopped, the writer then flushes.
+        await journal.start()
+        yield
+        await journal.close()
+
+    app.cleanup_ctx.append(journal_lifespan)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await broker.start()
@@ -104,6 +121,7 @@ def create_app(
             retry_after_s=settings.broker.retry_after_s,
             on_error=lambda operation: metrics.dedup_store_errors.labels(operation).inc(),
             on_late=lambda outcome: metrics.dedup_late_outcomes.labels(outcome).inc(),
+            store=journal.store,  # the journal's: it starts, purges and closes it
         )
 
         async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -4,7 +4,8 @@ Each table is read on its own (gateway/settings/tables.py); these run once the t
 compare are read, and each refuses a config that would otherwise fail open, be ambiguous
 or break at run time in a way the operator could not trace back to the config: a route to
 an unknown destination, a token that names two partners, a claim that could be taken over
-while its publish is still awaited, a retry loop that outlasts RabbitMQ's patience.
+while its publish is still awaited, a journal record deleted inside the dedup window, a
+retry loop that outlasts RabbitMQ's patience.
 """
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.errors import ConfigError
-from gateway.settings.model import Admin, BrokerSettings, Dedup, Destination, MessageType, Partner, Route, Server
+from gateway.settings.model import (
+    Admin,
+    BrokerSettings,
+    Dedup,
+    Destination,
+    JournalSettings,
+    MessageType,
+    Partner,
+    Route,
+    Server,
+)
 
 HOLD_BUDGET_S = 1500.0
 """The longest a worker may hold one message while it retries it (seconds).
@@ -62,6 +73,32 @@ def dedup_timeouts(file: str, broker: BrokerSettings, dedup: Dedup) -> None:
             f"{dedup.claim_timeout_s:g} must exceed broker.confirm_timeout_s + dedup.late_confirm_wait_s "
             f"({broker.confirm_timeout_s:g} + {dedup.late_confirm_wait_s:g}), or a publish whose confirm is "
             "still awaited could be taken over and queued twice; raise it or lower dedup.late_confirm_wait_s",
+        )
+
+
+PARTITION_SUFFIX = "_events_p202611"
+"""The longest name the journal derives from `[dedup] table` on PostgreSQL (a monthly events partition)."""
+
+
+def journal(file: str, dedup: Dedup, journal: JournalSettings) -> None:
+    """Records outlive the dedup window, and every derived PostgreSQL name fits in 63 bytes."""
+    if not journal.enabled:
+        return
+    if journal.retention_days < dedup.window_days:
+        raise ConfigError(
+            file,
+            "journal.retention_days",
+            f"{journal.retention_days:g} is shorter than dedup.window_days ({dedup.window_days:g}): a record "
+            "would be deleted while it still decides what is a duplicate; raise it",
+        )
+    longest = len(dedup.table) + len(PARTITION_SUFFIX)
+    if dedup.backend == "postgres" and longest > 63:
+        raise ConfigError(
+            file,
+            "dedup.table",
+            f"{dedup.table!r} is too long for the journal: its events partitions are named "
+            f"<table>{PARTITION_SUFFIX} and PostgreSQL cuts names at 63 bytes; use at most "
+            f"{63 - len(PARTITION_SUFFIX)} characters",
         )
 
 

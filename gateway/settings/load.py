@@ -17,7 +17,18 @@ from gateway.settings import checks, tables
 from gateway.settings.model import Settings
 from gateway.settings.reader import TableReader, read_document, table
 
-TABLES = ("server", "broker", "partners", "message_types", "destinations", "routes", "admin", "logging", "dedup")
+TABLES = (
+    "server",
+    "broker",
+    "partners",
+    "message_types",
+    "destinations",
+    "routes",
+    "admin",
+    "logging",
+    "dedup",
+    "journal",
+)
 """The top-level keys a config may have; anything else is refused as a typo."""
 
 
@@ -44,6 +55,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     logging = tables.logging(table(doc, file, "logging"))
     dedup = tables.dedup(table(doc, file, "dedup"), env, base, broker.prefix)
     checks.dedup_timeouts(file, broker, dedup)
+    journal = tables.journal(table(doc, file, "journal"), dedup)
+    checks.journal(file, dedup, journal)
     root.done()
 
     return Settings(
@@ -57,4 +70,5 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         admin=admin,
         logging=logging,
         dedup=dedup,
+        journal=journal,
     )

@@ -205,6 +205,20 @@ class Dedup:
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    """The message journal (`[journal]`): every message's record and events (gateway/journal/).
+
+    It lives in the dedup store (`[dedup] backend`, table and path), so `backend = "none"`
+    leaves it off. `retention_days` (default 1825, five years: customs keeps records for
+    years) is how long records and events are kept; `[dedup] window_days` only decides
+    what counts as a duplicate. `enabled` is the effective state once the config is loaded.
+    """
+
+    enabled: bool = True
+    retention_days: float = 1825.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole config file; `path` is where it was read from (relative paths are resolved already)."""
 
@@ -218,3 +232,4 @@ class Settings:
     admin: Admin = Admin()
     logging: Logging = Logging()
     dedup: Dedup = Dedup()
+    journal: JournalSettings = JournalSettings()

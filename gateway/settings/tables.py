@@ -22,6 +22,7 @@ from gateway.settings.model import (
     BrokerSettings,
     Dedup,
     Destination,
+    JournalSettings,
     Logging,
     MessageType,
     Partner,
@@ -199,6 +200,24 @@ def dedup(r: TableReader, env: Mapping[str, str], base: Path, broker_prefix: str
         timeout_s=r.positive("timeout_s", float, Dedup.timeout_s),
         pool_size=r.positive("pool_size", int, Dedup.pool_size),
         on_store_error=r.one_of("on_store_error", ("reject", "accept"), Dedup.on_store_error),
+    )
+    r.done()
+    return result
+
+
+def journal(r: TableReader, dedup: Dedup) -> JournalSettings:
+    """`[journal]`. It lives in the dedup store, so `[dedup] backend = "none"` turns it off
+    (check-config says so); asking for it explicitly then is an error naming the key."""
+    asked = r.opt("enabled", bool)
+    if asked and dedup.backend == "none":
+        raise r.error(
+            "enabled",
+            'the journal lives in the dedup store and [dedup] backend = "none" keeps none; '
+            'set [dedup] backend = "sqlite" or "postgres", or journal.enabled = false',
+        )
+    result = JournalSettings(
+        enabled=asked is not False and dedup.backend != "none",
+        retention_days=r.positive("retention_days", float, JournalSettings.retention_days),
     )
     r.done()
     return result

@@ -1,6 +1,7 @@
 """Duplicate elimination at intake: a re-sent (sender, MessageId) gets its original receipt.
 
-Owns: the policy around one publish (policy.py), waiting for late confirms (late.py), the
-store protocol and its value types (store.py) and the two stores of seen ids (sqlite.py,
-postgres.py), which import store.py only. Part of intake; same import rule.
+Owns: the policy around one publish (policy.py) and waiting for late confirms (late.py).
+The store of seen ids is the journal's (gateway/journal/store.py: the protocol and its
+values; sqlite.py, postgres.py): the dedup claim *is* the message record. Part of intake;
+same import rule (intake may import the journal).
 """

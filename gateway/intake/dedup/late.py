@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from gateway.errors import BrokerUnavailable
-from gateway.intake.dedup.store import Claimed, Receipt
+from gateway.journal.store import Claimed, Receipt
 
 log = logging.getLogger("swgw.dedup")
 

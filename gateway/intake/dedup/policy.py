@@ -51,21 +51,28 @@ Backends (`[dedup] backend`):
   down and every request answers per `on_store_error` until it is back (the pool reconnects
   on demand).
 - `"none"`: no duplicate check (every post is queued).
-Both SQL stores add the `digest` column to a table created by an earlier version.
+Both SQL stores add the columns a table created by an earlier version lacks (the body
+digest, the journal's record columns) in place.
 
-This module holds the policy. The store protocol and its value types are store.py, the
-stores sqlite.py and postgres.py, the waits after a confirm timeout late.py.
+The store is the journal's (gateway/journal/): the claim row is also the message record,
+written with the message's type, receiver, destination, size and digest in the claim's own
+statement, and the confirm appends the `received` and `queued` events in its own
+transaction, so the journal costs intake no extra round trip. A release deletes the row.
+
+This module holds the policy; the waits after a confirm timeout are late.py; the store
+protocol and its values are gateway/journal/store.py.
 
 Times come from the gateway's clock (`clock`, epoch seconds), so replicas' clocks should be
-NTP-synchronised; skew only shifts expiry by the skew. Expired entries are ignored at once
-(lazily) and deleted in batches every `purge_interval_s`.
+NTP-synchronised; skew only shifts expiry by the skew. Entries out of the window are ignored
+at once (lazily): a re-send then takes the row over as a new message. Rows are deleted only
+past the journal's retention (`[journal] retention_days`; the window when the journal is
+off), and stale claims after `claim_timeout_s`, in batches every `purge_interval_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -73,11 +80,10 @@ from typing import Protocol
 
 from gateway.errors import ConfirmTimeout, DedupUnavailable, DuplicateInFlight, MessageIdReused, StoreError
 from gateway.intake.dedup.late import LateConfirms
-from gateway.intake.dedup.postgres import PostgresStore
-from gateway.intake.dedup.sqlite import SqliteStore
-from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen
+from gateway.journal.service import make_store
+from gateway.journal.store import Arrival, Claimed, DedupStore, InFlight, Receipt, Seen
 from gateway.messages import QueuedMessage
-from gateway.settings.model import Dedup
+from gateway.settings.model import Dedup, JournalSettings
 from gateway.timeutil import Clock
 
 log = logging.getLogger("swgw.dedup")
@@ -97,6 +103,8 @@ class Deduplicator:
     """Runs claim → publish → confirm/release around one publish, and purges on a timer.
 
     `store` is None for `backend = "none"`: every message is published, nothing recorded.
+    `owns_store` (default True): start, purge and close the store here; create_app hands
+    in the journal's store instead, which the journal starts, purges and closes.
     `on_store_error` is "reject" (503, nothing queued) or "accept" (publish unchecked).
     `purge_interval_s` is how often expired entries are deleted; they are ignored at once.
     `late_confirm_wait_s` (default 30) bounds how long a publish whose confirm timed out is
@@ -109,6 +117,7 @@ class Deduplicator:
         self,
         store: DedupStore | None,
         *,
+        owns_store: bool = True,
         on_store_error: str = "reject",
         purge_interval_s: float = 3600.0,
         retry_after_s: int = 5,
@@ -117,6 +126,7 @@ class Deduplicator:
         on_late: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.store = store
+        self.owns_store = owns_store
         self.on_error = on_error  # counts store failures by operation (metrics)
         self.on_late = on_late  # counts late outcomes (metrics)
         self.on_store_error = on_store_error
@@ -139,16 +149,16 @@ class Deduplicator:
         clock: Clock = time.time,
         on_error: Callable[[str], None] = lambda operation: None,
         on_late: Callable[[str], None] = lambda outcome: None,
+        store: DedupStore | None = None,
     ) -> Deduplicator:
-        store: DedupStore | None
-        if settings.backend == "postgres":
-            store = PostgresStore(settings, clock=clock)
-        elif settings.backend == "sqlite":
-            store = SqliteStore(settings, clock=clock)
-        else:
-            store = None
+        """With `store` (the journal's, create_app), use it without owning it; without, make
+        and own the store `settings.backend` names, journal off (tools, tests)."""
+        owns = store is None
+        if store is None:
+            store = make_store(settings, JournalSettings(enabled=False), clock=clock)
         return cls(
             store,
+            owns_store=owns,
             on_store_error=settings.on_store_error,
             purge_interval_s=settings.purge_interval_s,
             retry_after_s=retry_after_s,
@@ -167,7 +177,7 @@ class Deduplicator:
         await self._late.settled()
 
     async def start(self) -> None:
-        if self.store is None:
+        if self.store is None or not self.owns_store:
             return
         try:
             await self.store.start()
@@ -187,7 +197,7 @@ class Deduplicator:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
-        if self.store is not None:
+        if self.store is not None and self.owns_store:
             await self.store.close()
 
     async def _purge_loop(self) -> None:
@@ -213,9 +223,10 @@ class Deduplicator:
         if self.store is None:
             await publish(message)
             return receipt
-        digest = hashlib.sha256(message.body).hexdigest()
+        arrival = Arrival.of(message, now=time.time())
+        digest = arrival.sha256
         try:
-            result = await self.store.claim(message.sender, message.message_id, digest)
+            result = await self.store.claim(arrival)
         except StoreError as exc:
             self.on_error("claim")
             if self.on_store_error == "accept":

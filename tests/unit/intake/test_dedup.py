@@ -1,15 +1,14 @@
-"""The store of seen ids (SQLite and PostgreSQL, same tests) and the claim/publish/confirm policy."""
+"""The claim/publish/confirm policy around the journal's store of seen ids.
+
+The stores themselves (SQLite and PostgreSQL, same tests): tests/unit/journal/test_store.py.
+"""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import logging
 import sqlite3
-import subprocess
-import sys
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,16 +26,13 @@ from gateway.errors import (
 )
 from gateway.intake.dedup.late import LATE_OUTCOMES
 from gateway.intake.dedup.policy import Deduplicator
-from gateway.intake.dedup.postgres import PostgresStore
-from gateway.intake.dedup.sqlite import SqliteStore
-from gateway.intake.dedup.store import Claimed, DedupStore, InFlight, Receipt, Seen
+from gateway.journal.sqlite import SqliteStore
+from gateway.journal.store import Arrival, Claimed, InFlight, Receipt, Seen
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.load import load_settings
-from gateway.settings.model import Dedup, Secret
-from tests.helpers import ROOT, config_doc, drop_pg_table, free_port, require_postgres, to_toml
-
-DAY = 86_400.0
+from gateway.settings.model import Dedup
+from tests.helpers import config_doc, to_toml
 
 
 class Clock:
@@ -47,149 +43,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-StoreFactory = Callable[[], DedupStore]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[StoreFactory, Clock]]:
-    """Builds stores on one isolated file or table; several instances act as several processes/replicas."""
-    clock = Clock()
-    table = f"t_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgres":
-        dsn = require_postgres()
-        settings = Dedup(backend="postgres", dsn=Secret(dsn), table=table, claim_timeout_s=60, pool_size=20)
-    else:
-        settings = Dedup(backend="sqlite", path=tmp_path / "seen.sqlite3", table=table, claim_timeout_s=60)
-    opened: list[DedupStore] = []
-
-    def factory() -> DedupStore:
-        store: DedupStore = (
-            PostgresStore(settings, clock=clock) if request.param == "postgres" else SqliteStore(settings, clock=clock)
-        )
-        opened.append(store)
-        return store
-
-    yield factory, clock
-    for store in opened:
-        await store.close()
-    if request.param == "postgres":
-        await drop_pg_table(table)
-
-
-async def started(factory: StoreFactory) -> DedupStore:
-    store = factory()
-    await store.start()
-    return store
-
-
-RECEIPT = Receipt("M-1", "vnaccs", "2026-11-23T01:00:00.000Z")
-
-
-async def test_claim_confirm_then_a_resend_sees_the_original_receipt(make_store) -> None:  # type: ignore[no-untyped-def]
-    store = await started(make_store[0])
-    claim = await store.claim("VN-NSW", "M-1", "d1")
-    assert isinstance(claim, Claimed)
-    assert await store.claim("VN-NSW", "M-1", "d1") == InFlight()  # pending is not seen
-    assert await store.confirm(claim, RECEIPT)
-    again = await store.claim("VN-NSW", "M-1", "d2")
-    assert again == Seen(replace(RECEIPT, duplicate=True), "d1")
-    # the key is (sender, id): another sender's M-1 is a different message
-    assert isinstance(await store.claim("TH-NSW", "M-1", "d1"), Claimed)
-
-
-async def test_a_pending_claim_turns_a_concurrent_post_away_and_release_lets_the_retry_in(make_store) -> None:  # type: ignore[no-untyped-def]
-    store = await started(make_store[0])
-    claim = await store.claim("VN-NSW", "M-1", "d")
-    assert isinstance(claim, Claimed)
-    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
-    await store.release(claim)
-    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)
-
-
-async def test_simultaneous_claims_from_several_replicas_have_exactly_one_winner(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, _ = make_store
-    replicas = [await started(factory) for _ in range(3)]
-    results = await asyncio.gather(*[replicas[i % 3].claim("VN-NSW", "RACE", "d") for i in range(30)])
-    winners = [r for r in results if isinstance(r, Claimed)]
-    assert len(winners) == 1
-    assert all(r == InFlight() for r in results if not isinstance(r, Claimed))
-    assert await replicas[1].confirm(winners[0], replace(RECEIPT, message_id="RACE"))
-    later = await asyncio.gather(*[r.claim("VN-NSW", "RACE", "d") for r in replicas])
-    assert all(isinstance(r, Seen) for r in later)
-
-
-async def test_a_stale_claim_is_taken_over_and_its_owner_can_no_longer_confirm_or_release(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, clock = make_store
-    store = await started(factory)
-    old = await store.claim("VN-NSW", "M-1", "d")
-    assert isinstance(old, Claimed)
-    clock.now += 59
-    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
-    clock.now += 2  # past claim_timeout_s = 60: the owner died between confirm and record
-    new = await store.claim("VN-NSW", "M-1", "d")
-    assert isinstance(new, Claimed)
-    assert new.token != old.token
-    await store.release(old)  # must not delete the new owner's claim
-    assert await store.claim("VN-NSW", "M-1", "d") == InFlight()
-    assert not await store.confirm(old, RECEIPT)
-    assert await store.confirm(new, RECEIPT)
-
-
-async def test_entries_expire_after_the_window(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, clock = make_store
-    store = await started(factory)
-    claim = await store.claim("VN-NSW", "M-1", "d")
-    assert isinstance(claim, Claimed)
-    await store.confirm(claim, RECEIPT)
-    clock.now += 7 * DAY - 1
-    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Seen)
-    clock.now += 2
-    assert isinstance(await store.claim("VN-NSW", "M-1", "d"), Claimed)  # lazily ignored before any purge
-
-
-async def test_purge_deletes_expired_entries_and_stale_claims_only(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, clock = make_store
-    store = await started(factory)
-    for i in range(3):
-        c = await store.claim("VN-NSW", f"OLD-{i}", "d")
-        assert isinstance(c, Claimed)
-        await store.confirm(c, replace(RECEIPT, message_id=f"OLD-{i}"))
-    clock.now += 7 * DAY + 1
-    stale = await store.claim("VN-NSW", "STALE", "d")
-    fresh = await store.claim("VN-NSW", "FRESH", "d")
-    assert isinstance(fresh, Claimed)
-    await store.confirm(fresh, replace(RECEIPT, message_id="FRESH"))
-    clock.now += 61  # STALE is now older than claim_timeout_s; FRESH is a day-old receipt
-    assert isinstance(stale, Claimed)
-    assert await store.purge() == 4
-    assert await store.purge() == 0
-    assert isinstance(await store.claim("VN-NSW", "FRESH", "d"), Seen)
-
-
-async def test_a_new_instance_on_the_same_store_remembers(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, _ = make_store
-    first = await started(factory)
-    claim = await first.claim("VN-NSW", "M-1", "d")
-    assert isinstance(claim, Claimed)
-    await first.confirm(claim, RECEIPT)
-    await first.close()
-    second = await started(factory)  # a restarted gateway
-    assert await second.claim("VN-NSW", "M-1", "d") == Seen(replace(RECEIPT, duplicate=True), "d")
-
-
-async def test_postgres_down_is_a_store_error_not_a_hang_and_start_up_survives() -> None:
-    settings = Dedup(
-        backend="postgres", dsn=Secret(f"postgresql://swgw:swgw@127.0.0.1:{free_port()}/swgw_test"), timeout_s=0.5
-    )
-    store = PostgresStore(settings)
-    await store.start()  # the gateway must come up while PostgreSQL is down
-    try:
-        with pytest.raises(StoreError, match="postgres"):
-            await asyncio.wait_for(store.claim("VN-NSW", "M-1", "d"), timeout=5)
-    finally:
-        await store.close()
 
 
 # --- the policy: Deduplicator.publish_once ----------------------------------------------------
@@ -345,46 +198,6 @@ def _old_sqlite_table(path: Path, table: str, rows: list[tuple[str, str, str, fl
         )
         db.executemany(f'INSERT INTO "{table}" VALUES (?, ?, ?, NULL, ?, ?, ?)', [(*r[:5], r[5]) for r in rows])
     db.close()
-
-
-async def _old_table(store: DedupStore, clock: Clock) -> None:
-    """Create, before the store starts, its table without a digest column and one queued entry OLD-1."""
-    row = ("VN-NSW", "OLD-1", "queued", clock.now, "vnaccs", "2026-11-20T00:00:00.000Z")
-    if isinstance(store, SqliteStore):
-        _old_sqlite_table(store.path, store.table, [row])
-        return
-    assert isinstance(store, PostgresStore)
-    import asyncpg
-
-    conn = await asyncpg.connect(store.dsn, timeout=5)
-    try:
-        await conn.execute(
-            f'CREATE TABLE "{store.table}" (sender text NOT NULL, message_id text NOT NULL, state text NOT NULL, '
-            "token text, at timestamptz NOT NULL, destination text, received_at text, PRIMARY KEY (sender, message_id))"
-        )
-        await conn.execute(f'INSERT INTO "{store.table}" VALUES ($1, $2, $3, NULL, to_timestamp($4), $5, $6)', *row)
-    finally:
-        await conn.close()
-
-
-async def test_a_table_from_before_digests_is_migrated_in_place_and_its_entries_have_no_digest(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory, clock = make_store
-    store = factory()
-    await _old_table(store, clock)
-    await store.start()
-    # the old entry is still there, its content unknown: Seen with no digest, never a conflict
-    assert await store.claim("VN-NSW", "OLD-1", "d-new") == Seen(
-        Receipt("OLD-1", "vnaccs", "2026-11-20T00:00:00.000Z", duplicate=True), None
-    )
-    claim = await store.claim("VN-NSW", "NEW-1", "d1")  # new entries carry their digest
-    assert isinstance(claim, Claimed)
-    assert await store.confirm(claim, replace(RECEIPT, message_id="NEW-1"))
-    assert await store.claim("VN-NSW", "NEW-1", "d2") == Seen(
-        replace(RECEIPT, message_id="NEW-1", duplicate=True), "d1"
-    )
-    second = factory()  # another process or replica starting on the migrated table: nothing to do
-    await second.start()
-    assert isinstance(await second.claim("VN-NSW", "OLD-1", "d"), Seen)
 
 
 async def test_an_entry_without_a_digest_answers_200_duplicate_never_409(tmp_path: Path) -> None:
@@ -576,7 +389,7 @@ def test_every_late_outcome_has_a_pre_created_series() -> None:
 class BrokenStore(SqliteStore):
     """A store whose every call fails, as when the database is down."""
 
-    async def claim(self, sender: str, message_id: str, digest: str) -> Claimed | Seen | InFlight:
+    async def claim(self, arrival: Arrival) -> Claimed | Seen | InFlight:
         raise StoreError("database down")
 
     async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
@@ -642,10 +455,9 @@ async def test_the_purge_timer_runs(tmp_path: Path) -> None:
     clock = Clock()
     store = Watched(Dedup(path=tmp_path / "x.sqlite3"), clock=clock)
     await store.start()
-    claim = await store.claim("VN-NSW", "M-1", "d")
+    claim = await store.claim(Arrival.of(message(), now=clock.now))
     assert isinstance(claim, Claimed)
-    await store.confirm(claim, RECEIPT)
-    clock.now += 8 * DAY
+    clock.now += 61  # a stale claim: its publish never settled (records stay for the journal's retention)
     d = Deduplicator(store, purge_interval_s=0.01)
     await d.start()
     try:
@@ -712,49 +524,3 @@ def test_config_errors_name_the_key(tmp_path: Path, dedup: dict[str, object], ke
         _settings(tmp_path, dedup)
     assert caught.value.key == key
     assert fragment in str(caught.value)
-
-
-async def test_sqlite_calls_from_concurrent_requests_share_thread_hops_and_keep_their_own_results(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = SqliteStore(Dedup(path=tmp_path / "batch.sqlite3"))
-    await store.start()
-    hops: list[int] = []
-    original = store._locked_batch
-
-    def counting(batch):  # type: ignore[no-untyped-def]
-        hops.append(len(batch))
-        return original(batch)
-
-    monkeypatch.setattr(store, "_locked_batch", counting)
-    try:
-        results = await asyncio.gather(*(store.claim("VN-NSW", f"B-{i % 25}", "d") for i in range(50)))
-        assert sum(hops) == 50
-        assert len(hops) < 50  # batched: fewer thread hops than calls
-        claimed = [r for r in results if isinstance(r, Claimed)]
-        assert sorted(c.message_id for c in claimed) == sorted(f"B-{i}" for i in range(25))  # one claim per id
-        assert all(isinstance(r, InFlight) for r in results if not isinstance(r, Claimed))
-
-        def boom() -> None:
-            raise sqlite3.OperationalError("disk I/O error")
-
-        both: list[object] = await asyncio.gather(
-            store.claim("VN-NSW", "B-0", "d"), store._run(boom), return_exceptions=True
-        )
-        ok, bad = both
-        assert ok == InFlight()  # still pending — and unaffected by its neighbour's failure
-        assert isinstance(bad, StoreError)
-        assert "disk I/O error" in str(bad)
-    finally:
-        await store.close()
-
-
-def test_the_stores_import_only_store_py_and_a_sqlite_gateway_never_loads_asyncpg() -> None:
-    """policy.py imports the stores at the top, so they must not import it back; asyncpg waits for a PostgresStore."""
-    folder = ROOT / "gateway" / "intake" / "dedup"
-    for name in ("store", "sqlite", "postgres", "late"):
-        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
-        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert "gateway.intake.dedup.policy" not in imported, f"{name}.py imports policy.py"
-    code = "import sys, gateway.runtime.app; assert 'asyncpg' not in sys.modules, 'asyncpg loaded at import'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

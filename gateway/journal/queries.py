@@ -1,0 +1,250 @@
+"""The journal's reading SQL and row mapping, once for both stores.
+
+The two stores differ in placeholders (`?` for SQLite, `$n` for PostgreSQL) and in how a
+time is stored (unix REAL in SQLite, timestamptz in PostgreSQL); a Dialect says which, and
+everything else (filters, keyset paging, the shape of a record or an event) is written here
+once, so the status API, the admin history and the report read the same thing from either.
+
+Paging is keyset paging on (received, sender, message_id): newest first for `search`,
+oldest first for `window`. A page starts strictly after the last row of the previous one,
+so rows inserted meanwhile (newer, at the front) never shift a later page: no duplicates,
+no skips. The cursor is that last key, opaque to callers (base64 of JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.journal.model import STATUS_AFTER, Event, EventKind, MessageFilter, MessageRecord, Status
+from gateway.timeutil import iso_unix
+
+RECORD = (
+    "sender, message_id, message_type, receiver, destination, size, digest, received_at, "
+    "status, attempts, delivered_at, parked_reason, updated_at, received"
+)
+"""The columns a record is read from, in `record()`'s order."""
+
+EVENT = "kind, at, sender, message_id, destination, status, error, duration_s, detail"
+"""The columns an event is read from, in `event()`'s order."""
+
+EVENT_INSERT = "sender, message_id, at, kind, destination, status, error, duration_s, detail"
+"""The columns an event is written to, in `event_row()`'s order."""
+
+Key = tuple[float, str, str]
+"""(received, sender, message_id): the paging order of records."""
+
+
+class InvalidCursor(ValueError):
+    """A cursor this journal did not hand out (the API answers 400)."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """`numbered`: `$1, $2` placeholders (PostgreSQL) instead of `?` (SQLite).
+    `time_in`/`time_out` convert a unix time to the database's time and back."""
+
+    numbered: bool
+    time_in: Callable[[float], Any]
+    time_out: Callable[[Any], float]
+
+
+class Query:
+    """Collects the arguments of one statement and hands out their placeholders."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.args: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}" if self.dialect.numbered else "?"
+
+    def time(self, unix: float) -> str:
+        return self(self.dialect.time_in(unix))
+
+
+def _opt_time(d: Dialect, value: Any) -> str | None:
+    return iso_unix(d.time_out(value)) if value is not None else None
+
+
+def record(row: Sequence[Any], d: Dialect) -> MessageRecord:
+    """A record from a row of RECORD. Rows migrated from before the journal lack the newer columns."""
+    updated = row[12] if row[12] is not None else row[13]
+    return MessageRecord(
+        sender=row[0],
+        message_id=row[1],
+        message_type=row[2] or "",
+        receiver=row[3] or "",
+        destination=row[4] or "",
+        size=row[5] or 0,
+        sha256=row[6] or "",
+        received_at=row[7] or "",
+        status=Status(row[8]),
+        attempts=row[9] or 0,
+        delivered_at=_opt_time(d, row[10]),
+        parked_reason=row[11],
+        updated_at=_opt_time(d, updated) or "",
+    )
+
+
+def record_key(row: Sequence[Any], d: Dialect) -> Key:
+    return (d.time_out(row[13]), row[0], row[1])
+
+
+def event(row: Sequence[Any], d: Dialect) -> Event:
+    """An event from a row of EVENT."""
+    return Event(
+        kind=EventKind(row[0]),
+        at=d.time_out(row[1]),
+        sender=row[2],
+        message_id=row[3],
+        destination=row[4],
+        status=row[5],
+        error=row[6],
+        duration_s=row[7],
+        detail=row[8],
+    )
+
+
+def event_row(e: Event, d: Dialect) -> tuple[Any, ...]:
+    """The values of one event for EVENT_INSERT."""
+    return (
+        e.sender,
+        e.message_id,
+        d.time_in(e.at),
+        e.kind.value,
+        e.destination,
+        e.status,
+        e.error,
+        e.duration_s,
+        e.detail,
+    )
+
+
+@dataclass(frozen=True)
+class StatusMove:
+    """What a message event does to its record (STATUS_AFTER, attempts, delivered_at, parked_reason)."""
+
+    status: Status
+    attempts: int
+    delivered: bool  # set delivered_at to the event's time
+    reason_changes: bool  # set parked_reason to `reason` (None clears it)
+    reason: str | None
+
+
+def status_move(e: Event) -> StatusMove | None:
+    """None for events that leave the record as it is (destination events, duplicates, returns)."""
+    status = STATUS_AFTER.get(e.kind)
+    if status is None or not e.message_id:
+        return None
+    parked = e.kind in (EventKind.PARKED, EventKind.DEAD_LETTERED)
+    return StatusMove(
+        status=status,
+        attempts=1 if e.kind is EventKind.ATTEMPT else 0,
+        delivered=e.kind is EventKind.DELIVERED,
+        reason_changes=parked or e.kind is EventKind.REPLAYED,
+        reason=(e.error or e.detail or e.kind.value) if parked else None,
+    )
+
+
+def move_sql(table: str, q: Query, e: Event, m: StatusMove) -> str:
+    """The UPDATE applying one status move to its record; `q` collects its arguments.
+
+    Built left to right: SQLite's `?` placeholders are bound in the order they appear.
+    """
+    sql = f'UPDATE "{table}" SET status = {q(m.status.value)}, updated_at = {q.time(e.at)}, '
+    sql += f"attempts = attempts + {q(m.attempts)}, "
+    sql += f"delivered_at = CASE WHEN {q(m.delivered)} THEN {q.time(e.at)} ELSE delivered_at END, "
+    sql += f"parked_reason = CASE WHEN {q(m.reason_changes)} THEN {q(m.reason)} ELSE parked_reason END "
+    return sql + f"WHERE sender = {q(e.sender)} AND message_id = {q(e.message_id)}"
+
+
+def encode_cursor(key: Key) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Key:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        received, sender, message_id = raw
+        if isinstance(received, int | float) and isinstance(sender, str) and isinstance(message_id, str):
+            return (float(received), sender, message_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        pass
+    raise InvalidCursor(f"not a cursor this journal handed out: {cursor[:40]!r}")
+
+
+def _after(q: Query, key: Key, *, newest_first: bool) -> str:
+    """Rows strictly after `key` in the paging order (written so an index on `received` serves it)."""
+    op = "<" if newest_first else ">"
+    received, sender, message_id = key
+    r1, r2 = q.time(received), q.time(received)
+    return (
+        f"received {op}= {r1} AND (received {op} {r2} OR sender {op} {q(sender)} "
+        f"OR (sender = {q(sender)} AND message_id {op} {q(message_id)}))"
+    )
+
+
+def search_sql(table: str, q: Query, flt: MessageFilter, cursor: str | None, limit: int) -> str:
+    """Records matching `flt`, newest first, after `cursor`; LIMIT limit + 1 tells whether a page follows."""
+    where = ["received IS NOT NULL"]
+    for column, value in (
+        ("status", flt.status.value if flt.status is not None else None),
+        ("destination", flt.destination),
+        ("sender", flt.sender),
+        ("message_type", flt.message_type),
+    ):
+        if value is not None:
+            where.append(f"{column} = {q(value)}")
+    if flt.since is not None:
+        where.append(f"received >= {q.time(flt.since)}")
+    if flt.until is not None:
+        where.append(f"received < {q.time(flt.until)}")
+    if cursor is not None:
+        where.append(_after(q, decode_cursor(cursor), newest_first=True))
+    return (
+        f'SELECT {RECORD} FROM "{table}" WHERE {" AND ".join(where)} '
+        f"ORDER BY received DESC, sender DESC, message_id DESC LIMIT {q(limit + 1)}"
+    )
+
+
+def window_sql(
+    table: str, q: Query, since: float, until: float, destination: str | None, after: Key | None, chunk: int
+) -> str:
+    """One chunk of the records received in [since, until), oldest first, after `after`."""
+    where = [f"received >= {q.time(since)}", f"received < {q.time(until)}"]
+    if destination is not None:
+        where.append(f"destination = {q(destination)}")
+    if after is not None:
+        where.append(_after(q, after, newest_first=False))
+    return (
+        f'SELECT {RECORD} FROM "{table}" WHERE {" AND ".join(where)} '
+        f"ORDER BY received, sender, message_id LIMIT {q(chunk)}"
+    )
+
+
+def history_sql(events: str, q: Query, sender: str, message_id: str) -> str:
+    return f'SELECT {EVENT} FROM "{events}" WHERE sender = {q(sender)} AND message_id = {q(message_id)} ORDER BY at, id'
+
+
+def destination_events_sql(events: str, q: Query, since: float, until: float, destination: str | None) -> str:
+    """Circuit events in [since, until), and per destination the last one before `since`, oldest first.
+
+    Built left to right: SQLite's `?` placeholders are bound in the order they appear.
+    """
+    base = f"sender = '' AND message_id = '' AND kind = '{EventKind.CIRCUIT.value}'"
+    sql = f"SELECT {EVENT}, id FROM (SELECT {EVENT}, id, row_number() OVER "
+    sql += f'(PARTITION BY destination ORDER BY at DESC, id DESC) AS n FROM "{events}" WHERE {base}'
+    if destination is not None:
+        sql += f" AND destination = {q(destination)}"
+    sql += f" AND at < {q.time(since)}) AS last WHERE n = 1 "
+    sql += f'UNION ALL SELECT {EVENT}, id FROM "{events}" WHERE {base}'
+    if destination is not None:
+        sql += f" AND destination = {q(destination)}"
+    sql += f" AND at >= {q.time(since)} AND at < {q.time(until)}"
+    return sql + " ORDER BY 2, 10"

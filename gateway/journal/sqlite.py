@@ -1,0 +1,312 @@
+"""The SQLite journal store: one local file for a single host (gateway/intake/dedup/policy.py says when).
+
+The same file holds intake's seen ids and the journal: the `<table>` rows are both the
+dedup claims and the message records, `<table>_events` their events (and the destinations'
+circuit events). Schema and migration from a table of an earlier version: sqlite_schema.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import StoreError
+from gateway.journal import queries
+from gateway.journal.model import Event, MessageFilter, MessageRecord, Page
+from gateway.journal.queries import Dialect, Key, Query
+from gateway.journal.sqlite_schema import create_schema
+from gateway.journal.store import (
+    JOURNAL_ON,
+    PURGE_BATCH,
+    WINDOW_CHUNK,
+    Arrival,
+    Claimed,
+    ClaimResult,
+    InFlight,
+    Limits,
+    Receipt,
+    Seen,
+)
+from gateway.settings.model import Dedup, JournalSettings
+from gateway.timeutil import Clock
+
+DIALECT = Dialect(numbered=False, time_in=float, time_out=float)
+
+
+class SqliteStore:
+    """Seen ids and the journal in a local SQLite file.
+
+    One connection, used from worker threads under a lock: the lock is taken inside the
+    thread, so a cancelled request can never leave two threads on the connection. Calls
+    that arrive while a batch runs go together in the next thread hop (`_run`), each its
+    own transaction. WAL with synchronous=NORMAL survives a killed process; a power cut
+    may lose the last commits (README: what can be missing after which crash).
+    `purge_batch` rows go per purge transaction, so a purge never holds the file for long.
+    """
+
+    def __init__(
+        self,
+        settings: Dedup,
+        *,
+        journal: JournalSettings = JOURNAL_ON,
+        clock: Clock = time.time,
+        purge_batch: int = PURGE_BATCH,
+    ) -> None:
+        self.path = Path(settings.path)
+        self.table = settings.table
+        self.events = f"{settings.table}_events"
+        self.timeout_s = settings.timeout_s
+        self.purge_batch = purge_batch
+        self._limits = Limits(settings, journal, clock)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(self._locked, db.close)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        create_schema(db, self.table, self.events)
+        self._db = db
+
+    def _locked(self, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            return fn()
+
+    def _locked_batch(self, batch: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run each call in turn (each its own transaction) in one thread hop."""
+        results: list[tuple[bool, Any]] = []
+        with self._lock:
+            for fn in batch:
+                try:
+                    results.append((True, fn()))
+                except Exception as exc:  # handed to that call's own caller, never swallowed
+                    results.append((False, exc))
+        return results
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        """Queue `fn` for the next batch and wait for its own result.
+
+        Under load many requests want the store at once; one thread hop per request (two
+        per message) cost more CPU than the SQL itself (bench/results/ANALYSIS.md). Calls
+        that arrive while a batch runs go together in the next one.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal-sqlite-batch")
+        try:
+            return await future
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._locked_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # the thread could not run at all: fail every waiter
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else sqlite3.OperationalError(str(exc)))
+                raise
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # its request was cancelled; the call itself ran, as before
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.OperationalError("store is not open")
+        return self._db
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`body` in one write transaction, taking the write lock first (no other process interleaves)."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(db)
+            db.execute("COMMIT")
+            return result
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- intake: claim, confirm, release ------------------------------------------------------
+
+    async def claim(self, arrival: Arrival) -> ClaimResult:
+        now, expired, stale = self._limits.cutoffs()
+        token = uuid.uuid4().hex
+        a = arrival
+        record = (a.message_type, a.receiver, a.size, a.received, now)
+
+        def q(db: sqlite3.Connection) -> ClaimResult:
+            row = db.execute(
+                f'SELECT state, at, digest, destination, received_at FROM "{self.table}" '
+                "WHERE sender = ? AND message_id = ?",
+                (a.sender, a.message_id),
+            ).fetchone()
+            if row is not None and row[0] == "queued" and row[1] >= expired:
+                return Seen(Receipt(a.message_id, row[3], row[4], duplicate=True), row[2])
+            if row is not None and row[0] == "pending" and row[1] >= stale:
+                return InFlight()
+            # The claim and the record are one row, written in one statement. A row out of the
+            # window or a stale claim is replaced: a new message under an old id (its events stay).
+            db.execute(
+                f'INSERT OR REPLACE INTO "{self.table}" (sender, message_id, state, token, at, digest, '
+                "destination, received_at, message_type, receiver, size, received, status, attempts, "
+                "delivered_at, parked_reason, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', 0, NULL, NULL, ?)",
+                (*(a.sender, a.message_id, token, now, a.sha256, a.destination, a.received_at), *record),
+            )
+            return Claimed(a.sender, a.message_id, token)
+
+        result: ClaimResult = await self._run(lambda: self._transaction(q))
+        return result
+
+    async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
+        now = self._limits.clock()
+
+        def q(db: sqlite3.Connection) -> bool:
+            # Delivery may have moved the status on already (it can consume before this runs).
+            row = db.execute(
+                f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = ?, destination = ?, "
+                "received_at = ?, status = CASE WHEN status = 'received' THEN 'queued' ELSE status END, "
+                "updated_at = ? WHERE sender = ? AND message_id = ? AND token = ? RETURNING received",
+                (now, receipt.destination, receipt.received_at, now, claim.sender, claim.message_id, claim.token),
+            ).fetchone()
+            if row is None:
+                return False
+            if self._limits.journal:
+                received = row[0] if row[0] is not None else now
+                events = ((received, "received"), (now, "queued"))
+                db.executemany(
+                    f'INSERT INTO "{self.events}" (sender, message_id, at, kind, destination) VALUES (?, ?, ?, ?, ?)',
+                    [(claim.sender, claim.message_id, at, kind, receipt.destination) for at, kind in events],
+                )
+            return True
+
+        done: bool = await self._run(lambda: self._transaction(q))
+        return done
+
+    async def release(self, claim: Claimed) -> None:
+        await self._run(
+            lambda: self._conn().execute(
+                f"DELETE FROM \"{self.table}\" WHERE sender = ? AND message_id = ? AND token = ? AND state = 'pending'",
+                (claim.sender, claim.message_id, claim.token),
+            )
+        )
+
+    # -- the writer: one transaction per batch -------------------------------------------------
+
+    async def write(self, events: Sequence[Event]) -> None:
+        rows = [queries.event_row(e, DIALECT) for e in events]
+        moves = []
+        for e in events:
+            m = queries.status_move(e)
+            if m is not None:
+                q = Query(DIALECT)
+                moves.append((queries.move_sql(self.table, q, e, m), q.args))
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany(
+                f'INSERT INTO "{self.events}" ({queries.EVENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows
+            )
+            for sql, args in moves:
+                db.execute(sql, args)
+
+        await self._run(lambda: self._transaction(body))
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def purge(self) -> int:
+        """Stale claims and records past retention, then events past retention, in short batches.
+
+        Each batch is its own transaction and its own trip through `_run`, so claims and
+        journal writes queued meanwhile run between two batches: a purge never blocks intake.
+        """
+        _, _, stale = self._limits.cutoffs()
+        kept = self._limits.kept_since()
+        t, n = self.table, self.purge_batch
+        records = (
+            f'DELETE FROM "{t}" WHERE rowid IN (SELECT rowid FROM "{t}" '
+            "WHERE (state = 'queued' AND at < ?) OR (state = 'pending' AND at < ?) LIMIT ?)",
+            (kept, stale, n),
+        )
+        events = (
+            f'DELETE FROM "{self.events}" WHERE id IN (SELECT id FROM "{self.events}" WHERE at < ? LIMIT ?)',
+            (kept, n),
+        )
+        total = 0
+        for sql, args in (records, events):
+            while True:
+                deleted = await self._delete(sql, args)
+                total += deleted
+                if deleted < n:
+                    break
+        return total
+
+    async def _delete(self, sql: str, args: Sequence[Any]) -> int:
+        deleted: int = await self._run(lambda: self._conn().execute(sql, args).rowcount)
+        return deleted
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        rows: list[Any] = await self._run(lambda: self._conn().execute(sql, args).fetchall())
+        return rows
+
+    async def message(self, sender: str, message_id: str) -> MessageRecord | None:
+        rows = await self._fetch(
+            f'SELECT {queries.RECORD} FROM "{self.table}" WHERE sender = ? AND message_id = ?', (sender, message_id)
+        )
+        return queries.record(rows[0], DIALECT) if rows else None
+
+    async def history(self, sender: str, message_id: str) -> list[Event]:
+        q = Query(DIALECT)
+        rows = await self._fetch(queries.history_sql(self.events, q, sender, message_id), q.args)
+        return [queries.event(r, DIALECT) for r in rows]
+
+    async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
+        q = Query(DIALECT)
+        rows = await self._fetch(queries.search_sql(self.table, q, flt, cursor, limit), q.args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = queries.encode_cursor(queries.record_key(rows[-1], DIALECT)) if more else None
+        return Page([queries.record(r, DIALECT) for r in rows], last)
+
+    async def window(self, since: float, until: float, destination: str | None = None) -> AsyncIterator[MessageRecord]:
+        after: Key | None = None
+        while True:
+            q = Query(DIALECT)
+            sql = queries.window_sql(self.table, q, since, until, destination, after, WINDOW_CHUNK)
+            rows = await self._fetch(sql, q.args)
+            for row in rows:
+                yield queries.record(row, DIALECT)
+            if len(rows) < WINDOW_CHUNK:
+                return
+            after = queries.record_key(rows[-1], DIALECT)
+
+    async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
+        q = Query(DIALECT)
+        rows = await self._fetch(queries.destination_events_sql(self.events, q, since, until, destination), q.args)
+        return [queries.event(r, DIALECT) for r in rows]
