@@ -124,15 +124,26 @@ async def create_schema(conn: PoolConnectionProxy, table: str, events: str) -> N
         await conn.execute(f'CREATE INDEX IF NOT EXISTS "{events}_message" ON "{events}" (sender, message_id, at)')
 
 
+async def _exists(conn: PoolConnectionProxy, name: str) -> bool:
+    """Read from pg_class itself, with this statement's snapshot: to_regclass() may answer from a
+    backend's cache that has not yet seen a table another replica just committed."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1 AND relnamespace = "
+        "(SELECT oid FROM pg_namespace WHERE nspname = current_schema()))",
+        name,
+    )
+    return found
+
+
 async def ensure_partition(conn: PoolConnectionProxy, table: str, events: str, month: datetime) -> None:
     """Make the partition for `month` unless it exists: a plain table, then ATTACH (inserts go on)."""
     name = partition_name(events, month)
-    if await conn.fetchval("SELECT to_regclass(quote_ident($1)) IS NOT NULL", name):
+    if await _exists(conn, name):
         return
     start, end = month.isoformat(), add_months(month, 1).isoformat()
     async with conn.transaction():
         await _locked(conn, table)
-        if await conn.fetchval("SELECT to_regclass(quote_ident($1)) IS NOT NULL", name):
+        if await _exists(conn, name):
             return  # another replica made it while we waited
         await conn.execute(f'CREATE TABLE "{name}" (LIKE "{events}" INCLUDING DEFAULTS)')
         # The constraint lets ATTACH skip its scan; the table is empty anyway.

@@ -117,6 +117,9 @@ class BatchWriter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                # Woken by the first event of a tick: let the tick's other callers in first, so
+                # they share this commit instead of waiting for the next one.
+                await asyncio.sleep(0)
                 continue
             # Peek, not pop: the events leave the queue only once committed, so a failure keeps order.
             batch = [self._queue[i][0] for i in range(min(len(self._queue), self.max_batch))]

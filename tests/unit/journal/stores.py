@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.journal.postgres import PostgresStore
@@ -87,3 +89,10 @@ async def queued(store: JournalStore, a: Arrival) -> Claimed:
     assert isinstance(claim, Claimed), claim
     assert await store.confirm(claim, receipt_of(a))
     return claim
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Yield to the loop, one tick at a time, until another task made `predicate` true."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - set by plain code in another task, no event to wait on
+            await asyncio.sleep(0)

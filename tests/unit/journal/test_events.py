@@ -1,0 +1,247 @@
+"""Events and the reader: status moves per batch, history, search with a cursor, windows, destination events.
+
+Every test runs on SQLite and on PostgreSQL (conftest.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.journal import postgres, sqlite
+from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Status
+from gateway.journal.postgres import PostgresStore
+from gateway.journal.queries import InvalidCursor
+from gateway.journal.sqlite import SqliteStore
+from gateway.journal.store import JournalStore
+from gateway.timeutil import iso_unix
+from tests.unit.journal.stores import T0, Stores, arrival, queued
+
+
+def ev(kind: EventKind, at: float, message_id: str = "M-1", **kw: object) -> Event:
+    return Event(kind, at, "VN-NSW", message_id, "vnaccs", **kw)  # type: ignore[arg-type]
+
+
+async def record(store: JournalStore, message_id: str = "M-1") -> MessageRecord:
+    found = await store.message("VN-NSW", message_id)
+    assert found is not None
+    return found
+
+
+async def test_a_message_s_life_moves_its_status_attempts_delivery_and_parking(stores: Stores) -> None:
+    store = await stores.started()
+    await queued(store, arrival())
+    await store.write([ev(EventKind.ATTEMPT, T0 + 1, status=503, duration_s=0.2, detail="busy")])
+    r = await record(store)
+    assert (r.status, r.attempts, r.updated_at) == (Status.DELIVERING, 1, iso_unix(T0 + 1))
+    await store.write(
+        [ev(EventKind.ATTEMPT, T0 + 2, error="timeout"), ev(EventKind.PARKED, T0 + 2.5, error="rejected")]
+    )
+    r = await record(store)
+    assert (r.status, r.attempts, r.parked_reason) == (Status.PARKED, 2, "rejected")
+    await store.write([ev(EventKind.REPLAYED, T0 + 10, detail="replay by admin")])
+    r = await record(store)
+    assert (r.status, r.parked_reason) == (Status.QUEUED, None)
+    await store.write([ev(EventKind.ATTEMPT, T0 + 11, status=200), ev(EventKind.DELIVERED, T0 + 11.5, status=200)])
+    r = await record(store)
+    assert (r.status, r.attempts, r.delivered_at) == (Status.DELIVERED, 3, iso_unix(T0 + 11.5))
+    await store.write([ev(EventKind.DEAD_LETTERED, T0 + 20, error="dead-lettered:delivery_limit", message_id="M-1")])
+    assert (await record(store)).status is Status.DEAD_LETTERED
+
+
+async def test_events_that_move_nothing_are_kept_duplicates_and_conflicts_too(stores: Stores) -> None:
+    store = await stores.started()
+    await queued(store, arrival())
+    await store.write(
+        [
+            ev(EventKind.DUPLICATE, T0 + 1),
+            ev(EventKind.CONFLICT, T0 + 2, detail="sha256 differs"),
+            ev(EventKind.RETURNED, T0 + 3, detail="circuit"),
+        ]
+    )
+    assert (await record(store)).status is Status.QUEUED
+    history = await store.history("VN-NSW", "M-1")
+    assert [e.kind for e in history][2:] == [EventKind.DUPLICATE, EventKind.CONFLICT, EventKind.RETURNED]
+    assert history[3] == ev(EventKind.CONFLICT, T0 + 2, detail="sha256 differs")
+
+
+async def test_history_is_oldest_first_whatever_order_the_events_were_written_in(stores: Stores) -> None:
+    store = await stores.started()
+    await queued(store, arrival())
+    await store.write([ev(EventKind.ATTEMPT, T0 + 5, status=500)])
+    await store.write([ev(EventKind.ATTEMPT, T0 + 3, status=502), ev(EventKind.DELIVERED, T0 + 7)])
+    await store.write([ev(EventKind.DUPLICATE, T0 + 3)])  # same time as an earlier one: written order breaks ties
+    history = await store.history("VN-NSW", "M-1")
+    assert [(e.kind, e.at, e.status) for e in history[2:]] == [
+        (EventKind.ATTEMPT, T0 + 3, 502),
+        (EventKind.DUPLICATE, T0 + 3, None),
+        (EventKind.ATTEMPT, T0 + 5, 500),
+        (EventKind.DELIVERED, T0 + 7, None),
+    ]
+    assert await store.history("VN-NSW", "UNKNOWN") == []
+
+
+async def _refuse_boom(store: JournalStore) -> None:
+    """Make the database refuse any event whose detail is 'boom' (a failure half-way through a batch)."""
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        with db:
+            db.execute(
+                f"CREATE TRIGGER boom BEFORE INSERT ON \"{store.events}\" WHEN NEW.detail = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        db.close()
+        return
+    assert isinstance(store, PostgresStore)
+    import asyncpg
+
+    conn = await asyncpg.connect(store.dsn, timeout=5)
+    try:
+        await conn.execute(f"ALTER TABLE \"{store.events}\" ADD CONSTRAINT boom CHECK (detail <> 'boom')")
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_is_one_transaction_all_or_nothing(stores: Stores) -> None:
+    store = await stores.started()
+    await queued(store, arrival())
+    await _refuse_boom(store)
+    with pytest.raises(StoreError):
+        await store.write([ev(EventKind.ATTEMPT, T0 + 1), ev(EventKind.DELIVERED, T0 + 2, detail="boom")])
+    r = await record(store)
+    assert (r.status, r.attempts) == (Status.QUEUED, 0)  # the first event's move was rolled back too
+    assert [e.kind for e in await store.history("VN-NSW", "M-1")] == [EventKind.RECEIVED, EventKind.QUEUED]
+
+
+# --- search: filters and the cursor ---------------------------------------------------------------
+
+
+async def _messages(store: JournalStore, n: int, *, start: float = T0, step: float = 1.0) -> list[str]:
+    ids = []
+    for i in range(n):
+        mid = f"M-{i:03d}"
+        dest = "vnaccs" if i % 2 == 0 else "ecus"
+        kind = "CUSDEC" if i % 3 else "ECOO"
+        sender = "VN-NSW" if i % 5 else "TH-NSW"
+        await queued(store, arrival(mid, sender=sender, destination=dest, message_type=kind, received=start + i * step))
+        ids.append(mid)
+    return ids
+
+
+async def test_search_filters_by_status_destination_partner_type_and_time(stores: Stores) -> None:
+    store = await stores.started()
+    await _messages(store, 20)
+    await store.write([ev(EventKind.PARKED, T0 + 100, "M-004", error="rejected")])
+    newest_first = [r.message_id for r in (await store.search(MessageFilter())).records]
+    assert newest_first == [f"M-{i:03d}" for i in reversed(range(20))]
+
+    async def ids(**kw: object) -> list[str]:
+        return [r.message_id for r in (await store.search(MessageFilter(**kw))).records]  # type: ignore[arg-type]
+
+    assert await ids(status=Status.PARKED) == ["M-004"]
+    assert await ids(destination="ecus") == [f"M-{i:03d}" for i in reversed(range(1, 20, 2))]
+    assert await ids(sender="TH-NSW") == ["M-015", "M-010", "M-005", "M-000"]
+    assert await ids(message_type="ECOO") == [f"M-{i:03d}" for i in reversed(range(0, 20, 3))]
+    assert await ids(since=T0 + 5, until=T0 + 8) == ["M-007", "M-006", "M-005"]
+    assert await ids(destination="vnaccs", message_type="ECOO", since=T0 + 1) == ["M-018", "M-012", "M-006"]
+    page = await store.search(MessageFilter(status=Status.DELIVERED))
+    assert page.records == []
+    assert page.next_cursor is None
+
+
+async def test_cursor_paging_never_repeats_or_skips_while_new_messages_arrive(stores: Stores) -> None:
+    store = await stores.started()
+    await _messages(store, 23, step=0.0)  # all received at the same instant: ties broken by (sender, id)
+    await queued(store, arrival("SAME-TIME-A", received=T0))
+    expected = [r.message_id for r in (await store.search(MessageFilter(), limit=1000)).records]
+    assert len(expected) == 24
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.search(MessageFilter(), cursor=cursor, limit=5)
+        seen += [r.message_id for r in page.records]
+        pages += 1
+        # meanwhile: newer messages arrive, and an older one changes status
+        await queued(store, arrival(f"NEW-{pages}", received=T0 + pages))
+        await store.write([ev(EventKind.DELIVERED, T0 + 50, "M-010")])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == expected  # newest first, each exactly once
+    assert pages == 5
+
+
+async def test_a_cursor_this_journal_did_not_hand_out_is_refused(stores: Stores) -> None:
+    store = await stores.started()
+    for bad in ("not-a-cursor", "W10", "eyJhIjogMX0"):
+        with pytest.raises(InvalidCursor):
+            await store.search(MessageFilter(), cursor=bad)
+    assert issubclass(InvalidCursor, ValueError)
+
+
+# --- windows and destination events ---------------------------------------------------------------
+
+
+async def test_a_window_streams_every_message_oldest_first_in_chunks(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "WINDOW_CHUNK", 4)
+    monkeypatch.setattr(postgres, "WINDOW_CHUNK", 4)
+    store = await stores.started()
+    await _messages(store, 21)
+    fetches: list[int] = []
+    original = store._fetch  # type: ignore[attr-defined]
+
+    async def counting(sql: str, args: object) -> list[object]:
+        rows: list[object] = await original(sql, args)
+        fetches.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "_fetch", counting)
+    window = store.window(T0 + 2, T0 + 19)
+    first = await anext(window)
+    assert first.message_id == "M-002"
+    assert fetches == [4]  # streamed: only the first chunk has been read
+    rest = [r.message_id async for r in window]
+    assert [first.message_id, *rest] == [f"M-{i:03d}" for i in range(2, 19)]
+    assert fetches == [4, 4, 4, 4, 1]
+    only = [r.message_id async for r in store.window(T0, T0 + 100, destination="ecus")]
+    assert only == [f"M-{i:03d}" for i in range(1, 21, 2)]
+    assert [r async for r in store.window(T0 + 1000, T0 + 2000)] == []
+
+
+async def test_destination_events_are_the_window_s_circuit_changes_and_the_state_before_it(stores: Stores) -> None:
+    store = await stores.started()
+
+    def circuit(dest: str, at: float, state: str) -> Event:
+        return Event(EventKind.CIRCUIT, at, destination=dest, detail=state)
+
+    events = [
+        circuit("vnaccs", T0 - 100, "open"),
+        circuit("vnaccs", T0 - 50, "closed"),
+        circuit("ecus", T0 - 60, "open"),  # still open when the window starts
+        circuit("vnaccs", T0 + 10, "open"),
+        circuit("vnaccs", T0 + 20, "half_open"),
+        circuit("vnaccs", T0 + 25, "closed"),
+        circuit("ecus", T0 + 30, "closed"),
+        circuit("vnaccs", T0 + 500, "open"),  # after the window
+    ]
+    await store.write(events)
+    await queued(store, arrival())  # message events are not destination events
+    got = await store.destination_events(T0, T0 + 100)
+    assert [(e.destination, e.at, e.detail) for e in got] == [
+        ("ecus", T0 - 60, "open"),
+        ("vnaccs", T0 - 50, "closed"),
+        ("vnaccs", T0 + 10, "open"),
+        ("vnaccs", T0 + 20, "half_open"),
+        ("vnaccs", T0 + 25, "closed"),
+        ("ecus", T0 + 30, "closed"),
+    ]
+    assert got[0] == replace(events[2])
+    only = await store.destination_events(T0, T0 + 100, destination="ecus")
+    assert [(e.at, e.detail) for e in only] == [(T0 - 60, "open"), (T0 + 30, "closed")]
+    assert await store.destination_events(T0 - 1000, T0 - 999) == []
