@@ -138,6 +138,21 @@ class JournalReader(Protocol):
         """Circuit events in the window (and the last one before it, so an open period's start is known)."""
         ...
 
+    def events(
+        self,
+        since: float,
+        until: float,
+        *,
+        kinds: Sequence[EventKind] | None = None,
+        destination: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Every event that happened in [since, until), oldest first, streamed; `kinds` None means any.
+
+        What the report counts that no record's status shows: duplicates and conflicts
+        (`kinds=[EventKind.DUPLICATE, EventKind.CONFLICT]`), attempts, replays.
+        """
+        ...
+
 
 class JournalWriter(Protocol):
     """How intake, delivery and operations journal (gateway/journal/writer.py implements it)."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import StoreError
 from gateway.journal import postgres_schema as schema
 from gateway.journal import queries
-from gateway.journal.model import Event, MessageFilter, MessageRecord, Page
+from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page
 from gateway.journal.queries import Dialect, Key, Query
 from gateway.journal.store import (
     JOURNAL_ON,
@@ -88,7 +88,7 @@ class PostgresStore:
         self._no_partition = asyncpg.CheckViolationError
         self.dsn = settings.dsn.reveal() if settings.dsn is not None else ""
         self.table = settings.table
-        self.events = f"{settings.table}_events"
+        self.events_table = f"{settings.table}_events"
         self.timeout_s = settings.timeout_s
         self.pool_size = settings.pool_size
         self.purge_batch = purge_batch
@@ -137,8 +137,8 @@ class PostgresStore:
                 return
 
             async def make(conn: PoolConnectionProxy) -> None:
-                if not await schema.schema_ready(conn, self.table, self.events):
-                    await schema.create_schema(conn, self.table, self.events)
+                if not await schema.schema_ready(conn, self.table, self.events_table):
+                    await schema.create_schema(conn, self.table, self.events_table)
 
             await self._call(make, timeout_s=MAINTENANCE_TIMEOUT_S)
             self._schema_ready = True
@@ -152,7 +152,7 @@ class PostgresStore:
 
     async def _ensure_month(self, month: datetime) -> None:
         await self._call(
-            lambda c: schema.ensure_partition(c, self.table, self.events, month), timeout_s=MAINTENANCE_TIMEOUT_S
+            lambda c: schema.ensure_partition(c, self.table, self.events_table, month), timeout_s=MAINTENANCE_TIMEOUT_S
         )
 
     async def _with_partitions(
@@ -228,7 +228,7 @@ class PostgresStore:
         # the status on already (it can consume before this runs): that status stays.
         statement = (
             f"WITH u AS ({update} RETURNING sender, message_id, destination, received), "
-            f'e AS (INSERT INTO "{self.events}" (sender, message_id, at, kind, destination) '
+            f'e AS (INSERT INTO "{self.events_table}" (sender, message_id, at, kind, destination) '
             "SELECT sender, message_id, COALESCE(received, $1), 'received', destination FROM u "
             "UNION ALL SELECT sender, message_id, $1, 'queued', destination FROM u) "
             "SELECT count(*) FROM u"
@@ -255,7 +255,9 @@ class PostgresStore:
         if not events:
             return
         rows = [queries.event_row(e, DIALECT) for e in events]
-        insert = f'INSERT INTO "{self.events}" ({queries.EVENT_INSERT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)'
+        insert = (
+            f'INSERT INTO "{self.events_table}" ({queries.EVENT_INSERT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)'
+        )
         update = ""
         moves: list[list[Any]] = []
         for e in events:
@@ -310,10 +312,12 @@ class PostgresStore:
         if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
             return  # another replica is purging
         try:
-            for name, month, pending in await schema.partitions(conn, self.events):
+            for name, month, pending in await schema.partitions(conn, self.events_table):
                 if schema.add_months(month, 1).timestamp() > kept:
                     break  # oldest first: every later partition holds events still kept
-                await schema.drop_partition(conn, self.events, name, pending=pending, timeout_s=MAINTENANCE_TIMEOUT_S)
+                await schema.drop_partition(
+                    conn, self.events_table, name, pending=pending, timeout_s=MAINTENANCE_TIMEOUT_S
+                )
                 self._months.discard(month)
                 log.info(
                     "dropped journal partition %s (events of %s, past retention)",
@@ -339,7 +343,7 @@ class PostgresStore:
 
     async def history(self, sender: str, message_id: str) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.events, q, sender, message_id), q.args)
+        rows = await self._fetch(queries.history_sql(self.events_table, q, sender, message_id), q.args)
         return [queries.event(r, DIALECT) for r in rows]
 
     async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
@@ -364,5 +368,26 @@ class PostgresStore:
 
     async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.destination_events_sql(self.events, q, since, until, destination), q.args)
+        rows = await self._fetch(
+            queries.destination_events_sql(self.events_table, q, since, until, destination), q.args
+        )
         return [queries.event(r, DIALECT) for r in rows]
+
+    async def events(
+        self,
+        since: float,
+        until: float,
+        *,
+        kinds: Sequence[EventKind] | None = None,
+        destination: str | None = None,
+    ) -> AsyncIterator[Event]:
+        after: tuple[float, int] | None = None
+        while True:
+            q = Query(DIALECT)
+            sql = queries.events_sql(self.events_table, q, since, until, kinds, destination, after, WINDOW_CHUNK)
+            rows = await self._fetch(sql, q.args)
+            for row in rows:
+                yield queries.event(row, DIALECT)
+            if len(rows) < WINDOW_CHUNK:
+                return
+            after = (DIALECT.time_out(rows[-1][1]), rows[-1][9])

@@ -71,7 +71,7 @@ async def _locked(conn: PoolConnectionProxy, table: str) -> None:
 async def schema_ready(conn: PoolConnectionProxy, table: str, events: str) -> bool:
     """True when every table, column and index exists: a restart then takes no lock at all."""
     names = [table, events, f"{table}_at", f"{table}_received", f"{table}_destination", f"{table}_status"]
-    names.append(f"{events}_message")
+    names += [f"{events}_message", f"{events}_at"]
     present = await conn.fetchval(
         "SELECT count(*) FROM unnest($1::text[]) AS n WHERE to_regclass(quote_ident(n)) IS NOT NULL", names
     )
@@ -122,6 +122,7 @@ async def create_schema(conn: PoolConnectionProxy, table: str, events: str) -> N
             "error text, duration_s double precision, detail text NOT NULL DEFAULT '') PARTITION BY RANGE (at)"
         )
         await conn.execute(f'CREATE INDEX IF NOT EXISTS "{events}_message" ON "{events}" (sender, message_id, at)')
+        await conn.execute(f'CREATE INDEX IF NOT EXISTS "{events}_at" ON "{events}" (at, id)')  # windows, in order
 
 
 async def _exists(conn: PoolConnectionProxy, name: str) -> bool:

@@ -248,3 +248,24 @@ def destination_events_sql(events: str, q: Query, since: float, until: float, de
         sql += f" AND destination = {q(destination)}"
     sql += f" AND at >= {q.time(since)} AND at < {q.time(until)}"
     return sql + " ORDER BY 2, 10"
+
+
+def events_sql(
+    events: str,
+    q: Query,
+    since: float,
+    until: float,
+    kinds: Sequence[EventKind] | None,
+    destination: str | None,
+    after: tuple[float, int] | None,
+    chunk: int,
+) -> str:
+    """One chunk of the events in [since, until), oldest first, after `after` (at, id); the id is column 10."""
+    sql = f'SELECT {EVENT}, id FROM "{events}" WHERE at >= {q.time(since)} AND at < {q.time(until)}'
+    if kinds is not None:
+        sql += f" AND kind IN ({', '.join(q(k.value) for k in kinds) or 'NULL'})"
+    if destination is not None:
+        sql += f" AND destination = {q(destination)}"
+    if after is not None:
+        sql += f" AND at >= {q.time(after[0])} AND (at > {q.time(after[0])} OR id > {q(after[1])})"
+    return sql + f" ORDER BY at, id LIMIT {q(chunk)}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import StoreError
 from gateway.journal import queries
-from gateway.journal.model import Event, MessageFilter, MessageRecord, Page
+from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page
 from gateway.journal.queries import Dialect, Key, Query
 from gateway.journal.sqlite_schema import create_schema
 from gateway.journal.store import (
@@ -60,7 +60,7 @@ class SqliteStore:
     ) -> None:
         self.path = Path(settings.path)
         self.table = settings.table
-        self.events = f"{settings.table}_events"
+        self.events_table = f"{settings.table}_events"
         self.timeout_s = settings.timeout_s
         self.purge_batch = purge_batch
         self._limits = Limits(settings, journal, clock)
@@ -82,7 +82,7 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        create_schema(db, self.table, self.events)
+        create_schema(db, self.table, self.events_table)
         self._db = db
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
@@ -200,7 +200,8 @@ class SqliteStore:
                 received = row[0] if row[0] is not None else now
                 events = ((received, "received"), (now, "queued"))
                 db.executemany(
-                    f'INSERT INTO "{self.events}" (sender, message_id, at, kind, destination) VALUES (?, ?, ?, ?, ?)',
+                    f'INSERT INTO "{self.events_table}" (sender, message_id, at, kind, destination) '
+                    "VALUES (?, ?, ?, ?, ?)",
                     [(claim.sender, claim.message_id, at, kind, receipt.destination) for at, kind in events],
                 )
             return True
@@ -229,7 +230,7 @@ class SqliteStore:
 
         def body(db: sqlite3.Connection) -> None:
             db.executemany(
-                f'INSERT INTO "{self.events}" ({queries.EVENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows
+                f'INSERT INTO "{self.events_table}" ({queries.EVENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows
             )
             for sql, args in moves:
                 db.execute(sql, args)
@@ -252,10 +253,8 @@ class SqliteStore:
             "WHERE (state = 'queued' AND at < ?) OR (state = 'pending' AND at < ?) LIMIT ?)",
             (kept, stale, n),
         )
-        events = (
-            f'DELETE FROM "{self.events}" WHERE id IN (SELECT id FROM "{self.events}" WHERE at < ? LIMIT ?)',
-            (kept, n),
-        )
+        e = self.events_table
+        events = (f'DELETE FROM "{e}" WHERE id IN (SELECT id FROM "{e}" WHERE at < ? LIMIT ?)', (kept, n))
         total = 0
         for sql, args in (records, events):
             while True:
@@ -283,7 +282,7 @@ class SqliteStore:
 
     async def history(self, sender: str, message_id: str) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.events, q, sender, message_id), q.args)
+        rows = await self._fetch(queries.history_sql(self.events_table, q, sender, message_id), q.args)
         return [queries.event(r, DIALECT) for r in rows]
 
     async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
@@ -308,5 +307,26 @@ class SqliteStore:
 
     async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.destination_events_sql(self.events, q, since, until, destination), q.args)
+        rows = await self._fetch(
+            queries.destination_events_sql(self.events_table, q, since, until, destination), q.args
+        )
         return [queries.event(r, DIALECT) for r in rows]
+
+    async def events(
+        self,
+        since: float,
+        until: float,
+        *,
+        kinds: Sequence[EventKind] | None = None,
+        destination: str | None = None,
+    ) -> AsyncIterator[Event]:
+        after: tuple[float, int] | None = None
+        while True:
+            q = Query(DIALECT)
+            sql = queries.events_sql(self.events_table, q, since, until, kinds, destination, after, WINDOW_CHUNK)
+            rows = await self._fetch(sql, q.args)
+            for row in rows:
+                yield queries.event(row, DIALECT)
+            if len(rows) < WINDOW_CHUNK:
+                return
+            after = (DIALECT.time_out(rows[-1][1]), rows[-1][9])

@@ -98,4 +98,4 @@ def test_the_journal_of_a_process_follows_the_config(tmp_path: Path) -> None:
     assert (none.store, none.reader) == (None, None)
     pg = Journal.from_settings(_load(tmp_path, dedup={"backend": "postgres", "dsn": PG_DSN}), metrics)
     assert isinstance(pg.store, PostgresStore)
-    assert pg.store.events == "swgw_test_dedup_events"
+    assert pg.store.events_table == "swgw_test_dedup_events"

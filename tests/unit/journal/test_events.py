@@ -90,7 +90,7 @@ async def _refuse_boom(store: JournalStore) -> None:
         db = sqlite3.connect(store.path)
         with db:
             db.execute(
-                f"CREATE TRIGGER boom BEFORE INSERT ON \"{store.events}\" WHEN NEW.detail = 'boom' "
+                f"CREATE TRIGGER boom BEFORE INSERT ON \"{store.events_table}\" WHEN NEW.detail = 'boom' "
                 "BEGIN SELECT RAISE(ABORT, 'boom'); END"
             )
         db.close()
@@ -100,7 +100,7 @@ async def _refuse_boom(store: JournalStore) -> None:
 
     conn = await asyncpg.connect(store.dsn, timeout=5)
     try:
-        await conn.execute(f"ALTER TABLE \"{store.events}\" ADD CONSTRAINT boom CHECK (detail <> 'boom')")
+        await conn.execute(f"ALTER TABLE \"{store.events_table}\" ADD CONSTRAINT boom CHECK (detail <> 'boom')")
     finally:
         await conn.close()
 
@@ -245,3 +245,30 @@ async def test_destination_events_are_the_window_s_circuit_changes_and_the_state
     only = await store.destination_events(T0, T0 + 100, destination="ecus")
     assert [(e.at, e.detail) for e in only] == [(T0 - 60, "open"), (T0 + 30, "closed")]
     assert await store.destination_events(T0 - 1000, T0 - 999) == []
+
+
+async def test_events_of_a_window_stream_oldest_first_filtered_by_kind_and_destination(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "WINDOW_CHUNK", 3)
+    monkeypatch.setattr(postgres, "WINDOW_CHUNK", 3)
+    store = await stores.started()
+    await store.write([ev(EventKind.DUPLICATE, T0 + i, f"M-{i}") for i in range(5)])
+    await store.write([ev(EventKind.DUPLICATE, T0 + 2, "SAME-TIME")])  # a tie: written order
+    await store.write([ev(EventKind.CONFLICT, T0 + 3, "C-1"), ev(EventKind.ATTEMPT, T0 + 4, "M-4")])
+    await store.write([Event(EventKind.CONFLICT, T0 + 1, "VN-NSW", "C-2", "ecus")])
+    everything = [(e.kind, e.message_id) async for e in store.events(T0, T0 + 10)]
+    assert everything == [
+        (EventKind.DUPLICATE, "M-0"),
+        (EventKind.DUPLICATE, "M-1"),
+        (EventKind.CONFLICT, "C-2"),
+        (EventKind.DUPLICATE, "M-2"),
+        (EventKind.DUPLICATE, "SAME-TIME"),
+        (EventKind.DUPLICATE, "M-3"),
+        (EventKind.CONFLICT, "C-1"),
+        (EventKind.DUPLICATE, "M-4"),
+        (EventKind.ATTEMPT, "M-4"),
+    ]
+    resends = store.events(T0 + 1, T0 + 4, kinds=[EventKind.DUPLICATE, EventKind.CONFLICT], destination="vnaccs")
+    assert [e.message_id async for e in resends] == ["M-1", "M-2", "SAME-TIME", "M-3", "C-1"]
+    assert [e async for e in store.events(T0, T0 + 10, kinds=[])] == []

@@ -27,7 +27,7 @@ def circuit(at: float, state: str = "open") -> Event:
 async def _partition_exists(store: PostgresStore, at: float) -> bool:
     from gateway.journal.postgres_schema import month_of
 
-    name = partition_name(store.events, month_of(at))
+    name = partition_name(store.events_table, month_of(at))
     exists: bool = await store._call(lambda c: c.fetchval("SELECT to_regclass(quote_ident($1)) IS NOT NULL", name))
     return exists
 
@@ -107,7 +107,7 @@ def _old_rows(store: SqliteStore, n: int) -> None:
             [(f"OLD-{i}", T0 - 400 * DAY, T0 - 400 * DAY, T0 - 400 * DAY) for i in range(n)],
         )
         db.executemany(
-            f"INSERT INTO \"{store.events}\" (sender, message_id, at, kind) VALUES ('VN-NSW', ?, ?, 'queued')",
+            f"INSERT INTO \"{store.events_table}\" (sender, message_id, at, kind) VALUES ('VN-NSW', ?, ?, 'queued')",
             [(f"OLD-{i}", T0 - 400 * DAY) for i in range(n)],
         )
     db.close()
@@ -160,7 +160,7 @@ async def test_postgres_drops_a_partition_past_retention_without_blocking_intake
     try:
         tx = reader.transaction()
         await tx.start()
-        await reader.fetchval(f'SELECT count(*) FROM "{store.events}"')
+        await reader.fetchval(f'SELECT count(*) FROM "{store.events_table}"')
         purge = asyncio.create_task(store.purge())
 
         async def intake() -> None:
