@@ -125,7 +125,7 @@ class JournalReader(Protocol):
     async def message(self, sender: str, message_id: str) -> MessageRecord | None: ...
 
     async def history(self, sender: str, message_id: str) -> list[Event]:
-        """Every event of the message, oldest first."""
+        """Every event of the message, oldest first (`received` first: the record's receipt)."""
         ...
 
     async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page: ...
@@ -149,7 +149,8 @@ class JournalReader(Protocol):
         """Every event that happened in [since, until), oldest first, streamed; `kinds` None means any.
 
         What the report counts that no record's status shows: duplicates and conflicts
-        (`kinds=[EventKind.DUPLICATE, EventKind.CONFLICT]`), attempts, replays.
+        (`kinds=[EventKind.DUPLICATE, EventKind.CONFLICT]`), attempts, replays. Receipts are the
+        records themselves (`window()`), not event rows: `received` is never streamed here.
         """
         ...
 

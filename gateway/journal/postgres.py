@@ -34,7 +34,7 @@ from gateway.journal.store import (
     Seen,
 )
 from gateway.settings.model import Dedup, JournalSettings
-from gateway.timeutil import Clock, unix_or_none
+from gateway.timeutil import Clock
 
 if TYPE_CHECKING:
     import asyncpg
@@ -223,18 +223,16 @@ class PostgresStore:
         if not self._limits.journal:
             status = await self._with_partitions([], lambda c: c.execute(update, *args))
             return bool(status == "UPDATE 1")
-        # One statement, so one round trip as before the journal: the row becomes queued and
-        # its `received` and `queued` events are appended atomically. Delivery may have moved
-        # the status on already (it can consume before this runs): that status stays.
+        # One statement, so one round trip as before the journal: the row becomes queued and its
+        # `queued` event is appended atomically. Delivery may have moved the status on already
+        # (it can consume before this runs): that status stays.
         statement = (
-            f"WITH u AS ({update} RETURNING sender, message_id, destination, received), "
+            f"WITH u AS ({update} RETURNING sender, message_id, destination), "
             f'e AS (INSERT INTO "{self.events_table}" (sender, message_id, at, kind, destination) '
-            "SELECT sender, message_id, COALESCE(received, $1), 'received', destination FROM u "
-            "UNION ALL SELECT sender, message_id, $1, 'queued', destination FROM u) "
+            "SELECT sender, message_id, $1, 'queued', destination FROM u) "
             "SELECT count(*) FROM u"
         )
-        received = unix_or_none(receipt.received_at) or now
-        done = await self._with_partitions([now, received], lambda c: c.fetchval(statement, *args))
+        done = await self._with_partitions([now], lambda c: c.fetchval(statement, *args))
         return bool(done == 1)
 
     async def release(self, claim: Claimed) -> None:
@@ -343,7 +341,7 @@ class PostgresStore:
 
     async def history(self, sender: str, message_id: str) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.events_table, q, sender, message_id), q.args)
+        rows = await self._fetch(queries.history_sql(self.table, self.events_table, q, sender, message_id), q.args)
         return [queries.event(r, DIALECT) for r in rows]
 
     async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:

@@ -228,8 +228,17 @@ def window_sql(
     )
 
 
-def history_sql(events: str, q: Query, sender: str, message_id: str) -> str:
-    return f'SELECT {EVENT} FROM "{events}" WHERE sender = {q(sender)} AND message_id = {q(message_id)} ORDER BY at, id'
+def history_sql(table: str, events: str, q: Query, sender: str, message_id: str) -> str:
+    """The message's events oldest first, led by its `received` event, which is the record itself.
+
+    The receipt is not written twice: the claim's row holds it (received, destination), and a
+    row per event costs intake a write. A re-send after the dedup window starts a new life on
+    the same row; the earlier life keeps its stored events (queued, attempts, ...).
+    """
+    sql = f"SELECT '{EventKind.RECEIVED.value}', received, sender, message_id, COALESCE(destination, ''), "
+    sql += f"NULL, NULL, NULL, '', 0 FROM \"{table}\" WHERE sender = {q(sender)} AND message_id = {q(message_id)} "
+    sql += f'AND received IS NOT NULL UNION ALL SELECT {EVENT}, id FROM "{events}" '
+    return sql + f"WHERE sender = {q(sender)} AND message_id = {q(message_id)} ORDER BY 2, 10"
 
 
 def destination_events_sql(events: str, q: Query, since: float, until: float, destination: str | None) -> str:

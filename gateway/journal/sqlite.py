@@ -82,7 +82,7 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        create_schema(db, self.table, self.events_table)
+        create_schema(db, self.table, self.events_table, journal=self._limits.journal)
         self._db = db
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
@@ -186,27 +186,19 @@ class SqliteStore:
     async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
         now = self._limits.clock()
 
-        def q(db: sqlite3.Connection) -> bool:
-            # Delivery may have moved the status on already (it can consume before this runs).
-            row = db.execute(
+        def q() -> bool:
+            # One statement: with the journal on, a trigger appends the `queued` event in it
+            # (sqlite_schema.queued_event). Delivery may have moved the status on already (it can
+            # consume before this runs): that status stays.
+            cur = self._conn().execute(
                 f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = ?, destination = ?, "
                 "received_at = ?, status = CASE WHEN status = 'received' THEN 'queued' ELSE status END, "
-                "updated_at = ? WHERE sender = ? AND message_id = ? AND token = ? RETURNING received",
+                "updated_at = ? WHERE sender = ? AND message_id = ? AND token = ?",
                 (now, receipt.destination, receipt.received_at, now, claim.sender, claim.message_id, claim.token),
-            ).fetchone()
-            if row is None:
-                return False
-            if self._limits.journal:
-                received = row[0] if row[0] is not None else now
-                events = ((received, "received"), (now, "queued"))
-                db.executemany(
-                    f'INSERT INTO "{self.events_table}" (sender, message_id, at, kind, destination) '
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(claim.sender, claim.message_id, at, kind, receipt.destination) for at, kind in events],
-                )
-            return True
+            )
+            return cur.rowcount == 1
 
-        done: bool = await self._run(lambda: self._transaction(q))
+        done: bool = await self._run(q)
         return done
 
     async def release(self, claim: Claimed) -> None:
@@ -282,7 +274,7 @@ class SqliteStore:
 
     async def history(self, sender: str, message_id: str) -> list[Event]:
         q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.events_table, q, sender, message_id), q.args)
+        rows = await self._fetch(queries.history_sql(self.table, self.events_table, q, sender, message_id), q.args)
         return [queries.event(r, DIALECT) for r in rows]
 
     async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:

@@ -2,7 +2,8 @@
 
 `<table>`: one row per (sender, MessageId), the dedup claim and the message record at once.
 `<table>_events`: every event, oldest first per message; destination events have an empty
-sender and message_id. Times are unix seconds (REAL).
+sender and message_id. Times are unix seconds (REAL). The `queued` event of a confirm is
+written by a trigger on the confirm's UPDATE (queued_event below).
 
 A table from before body digests, or from before the journal, gains the missing columns
 (ALTER TABLE ADD COLUMN: no rewrite); its rows get `received` from their `at` and a status
@@ -28,7 +29,7 @@ COLUMNS: dict[str, str] = {
 """Columns added since the first version of the table, with their types."""
 
 
-def create_schema(db: sqlite3.Connection, table: str, events: str) -> None:
+def create_schema(db: sqlite3.Connection, table: str, events: str, *, journal: bool) -> None:
     t = table
     db.execute(
         f'CREATE TABLE IF NOT EXISTS "{t}" (sender TEXT NOT NULL, message_id TEXT NOT NULL, state TEXT NOT NULL, '
@@ -39,9 +40,10 @@ def create_schema(db: sqlite3.Connection, table: str, events: str) -> None:
     )
     migrate(db, t)
     db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_at" ON "{t}" (at)')
+    # Every index costs intake a write per message: paging and windows go by `received`; other
+    # filters ride on it, but for parked messages, rare and looked for over years.
     db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_received" ON "{t}" (received)')
-    db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_destination" ON "{t}" (destination, received)')
-    db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_status" ON "{t}" (status, received)')
+    db.execute(f'CREATE INDEX IF NOT EXISTS "{t}_parked" ON "{t}" (received) WHERE status = \'parked\'')
     db.execute(
         f'CREATE TABLE IF NOT EXISTS "{events}" (id INTEGER PRIMARY KEY, sender TEXT NOT NULL, '
         "message_id TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL DEFAULT '', "
@@ -49,6 +51,7 @@ def create_schema(db: sqlite3.Connection, table: str, events: str) -> None:
     )
     db.execute(f'CREATE INDEX IF NOT EXISTS "{events}_message" ON "{events}" (sender, message_id, at)')
     db.execute(f'CREATE INDEX IF NOT EXISTS "{events}_at" ON "{events}" (at)')
+    queued_event(db, t, events, on=journal)
 
 
 def migrate(db: sqlite3.Connection, table: str) -> None:
@@ -76,3 +79,21 @@ def migrate(db: sqlite3.Connection, table: str) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def queued_event(db: sqlite3.Connection, table: str, events: str, *, on: bool) -> None:
+    """The confirm's `queued` event, appended by the confirm's own UPDATE (journal on).
+
+    A trigger makes the record's move to queued and its event one statement: atomic, and one
+    statement per confirm as before the journal (intake's cost; bench/). With the journal
+    off there is no trigger. Every process on one file shares the config, so they agree.
+    """
+    if not on:
+        db.execute(f'DROP TRIGGER IF EXISTS "{table}_queued"')
+        return
+    db.execute(
+        f'CREATE TRIGGER IF NOT EXISTS "{table}_queued" AFTER UPDATE OF state ON "{table}" '
+        "WHEN OLD.state = 'pending' AND NEW.state = 'queued' BEGIN "
+        f'INSERT INTO "{events}" (sender, message_id, at, kind, destination) '
+        "VALUES (NEW.sender, NEW.message_id, NEW.at, 'queued', NEW.destination); END"
+    )

@@ -5,9 +5,9 @@ One row per (sender, MessageId) is both the dedup claim and the message record:
     claim(arrival)      one statement: takes the id as "pending" and writes the record's
                         columns (type, receiver, destination, size, SHA-256, received_at),
                         status `received`; answers Seen / InFlight instead if the id is taken
-    confirm(claim, r)   one transaction: the row becomes "queued", status `queued` (unless
-                        delivery already moved it on), and the `received` and `queued` events
-                        are appended (journal on)
+    confirm(claim, r)   one statement: the row becomes "queued", status `queued` (unless
+                        delivery already moved it on), and the `queued` event is appended
+                        (journal on); the `received` event is the row itself (history())
     release(claim)      deletes the pending row: nothing was promised, nothing is kept
     write(events)       one transaction per batch: events appended, statuses moved (STATUS_AFTER)
     purge()             stale claims, then records and events past retention, in short batches

@@ -56,8 +56,8 @@ digest, the journal's record columns) in place.
 
 The store is the journal's (gateway/journal/): the claim row is also the message record,
 written with the message's type, receiver, destination, size and digest in the claim's own
-statement, and the confirm appends the `received` and `queued` events in its own
-transaction, so the journal costs intake no extra round trip. A release deletes the row.
+statement, and the confirm appends the `queued` event in its own statement, so the journal
+costs intake no extra round trip. A release deletes the row.
 
 This module holds the policy; the waits after a confirm timeout are late.py; the store
 protocol and its values are gateway/journal/store.py.

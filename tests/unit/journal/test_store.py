@@ -94,8 +94,14 @@ async def test_a_resend_after_the_window_is_a_new_message_and_the_old_events_sta
     assert (record.status, record.attempts, record.delivered_at, record.sha256) == (Status.RECEIVED, 0, None, "d2")
     assert record.received_at == later.received_at
     assert await store.confirm(claim, receipt_of(later))
-    kinds = [e.kind for e in await store.history("VN-NSW", "M-1")]
-    assert kinds == [EventKind.RECEIVED, EventKind.QUEUED, EventKind.DELIVERED, EventKind.RECEIVED, EventKind.QUEUED]
+    history = await store.history("VN-NSW", "M-1")
+    # the first life's queued and delivered events stay; the row's receipt is the new life's
+    assert [(e.kind, e.at) for e in history] == [
+        (EventKind.QUEUED, T0),
+        (EventKind.DELIVERED, T0 + 5),
+        (EventKind.RECEIVED, later.received),
+        (EventKind.QUEUED, stores.clock.now),
+    ]
 
 
 async def test_a_new_instance_on_the_same_store_remembers(stores: Stores) -> None:
@@ -175,10 +181,12 @@ async def test_the_claim_writes_the_whole_record_in_its_one_statement(
         None,
         None,
     )
-    assert await store.history("VN-NSW", "M-1") == []  # no 202 yet: no events
+    # no 202 yet: the history is the receipt alone, and it is the row, not an event written
+    assert [e.kind for e in await store.history("VN-NSW", "M-1")] == [EventKind.RECEIVED]
+    assert [e async for e in store.events(0, 4e9)] == []
 
 
-async def test_the_confirm_queues_the_record_and_appends_its_events_in_one_round_trip(
+async def test_the_confirm_queues_the_record_and_appends_its_event_in_one_round_trip(
     stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await stores.started()
@@ -212,8 +220,15 @@ async def test_a_confirm_after_delivery_moved_the_status_keeps_it(stores: Stores
 async def test_with_the_journal_off_the_confirm_appends_no_events(stores: Stores) -> None:
     store = await stores.started(journal=JournalSettings(enabled=False))
     await queued(store, arrival())
-    assert await store.history("VN-NSW", "M-1") == []
-    record = await store.message("VN-NSW", "M-1")
+    assert [e async for e in store.events(0, 4e9)] == []
+    await store.close()
+    on = await stores.started()  # the journal switched on: the same store starts journaling
+    await queued(on, arrival("M-2"))
+    await on.close()
+    off = await stores.started(journal=JournalSettings(enabled=False))  # and off again
+    await queued(off, arrival("M-3"))
+    assert [(e.kind, e.message_id) async for e in off.events(0, 4e9)] == [(EventKind.QUEUED, "M-2")]
+    record = await off.message("VN-NSW", "M-1")
     assert record is not None
     assert record.status is Status.QUEUED
 
