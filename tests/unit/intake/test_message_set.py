@@ -25,7 +25,7 @@ from gateway.intake.validation import Validator
 from gateway.settings.load import load_settings
 from gateway.settings.model import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = ROOT / "schemas"
 EXAMPLES = SCHEMAS / "examples"
 CONFIG = EXAMPLES / "message-set.toml"
