@@ -104,7 +104,6 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.topology_error: str | None = None
-        self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._closing = False
         self.depths: dict[str, tuple[int, int]] = {}  # last poll: destination -> (backlog, parked)
 
@@ -124,10 +123,6 @@ class Broker:
                 await self.connection.close()
         self.connected.clear()
         self.metrics.broker_connected.set(0)
-
-    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run `callback` after the first connection and after every reconnection."""
-        self._on_connect.append(callback)
 
     @property
     def ready(self) -> bool:
@@ -191,8 +186,6 @@ class Broker:
         self.connected.set()
         self.metrics.broker_connected.set(1)
         log.info("broker connected", extra={"event": "broker_connected"})
-        for cb in self._on_connect:
-            await cb()
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
         """Declare exchange, destination queues and parking queues; safe to repeat."""
@@ -209,8 +202,6 @@ class Broker:
         self.metrics.broker_connected.set(1)
         self.connected.set()
         log.info("broker reconnected", extra={"event": "broker_reconnected"})
-        for cb in self._on_connect:
-            await cb()
 
     # -- publishing --------------------------------------------------------------------
     async def publish(self, message: QueuedMessage, *, keep_waiting: bool = False) -> None:
@@ -282,15 +273,7 @@ class Broker:
             raise
         self.metrics.publish_duration.observe(time.perf_counter() - started)
 
-    # -- for delivery, replay and metrics ------------------------------------------------
-    async def new_channel(self, prefetch: int) -> AbstractChannel:
-        """A channel of its own for a consumer (delivery worker, replay, browsing)."""
-        if self.connection is None:
-            raise BrokerUnavailable("The message broker is not connected.", retry_after_s=5)
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        await channel.set_qos(prefetch_count=prefetch)
-        return channel
-
+    # -- queue depths, for the gauges and the admin API -------------------------------------
     async def poll_depths(self, interval_s: float, after: Callable[[], None] | None = None) -> None:
         """Keep backlog/parked gauges fresh: one passive declare per queue per interval."""
         while True:
