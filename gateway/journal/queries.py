@@ -25,9 +25,11 @@ from gateway.timeutil import iso_unix
 
 RECORD = (
     "sender, message_id, message_type, receiver, destination, size, digest, received_at, "
-    "status, attempts, delivered_at, parked_reason, updated_at, received"
+    "COALESCE(status, CASE state WHEN 'queued' THEN 'queued' ELSE 'received' END), attempts, "
+    "delivered_at, parked_reason, updated_at, received"
 )
-"""The columns a record is read from, in `record()`'s order."""
+"""The columns a record is read from, in `record()`'s order. A row claimed by a replica still
+running the version before the journal (a rolling upgrade) has no status: its state tells."""
 
 EVENT = "kind, at, sender, message_id, destination, status, error, duration_s, detail"
 """The columns an event is read from, in `event()`'s order."""

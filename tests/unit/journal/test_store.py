@@ -371,3 +371,32 @@ def test_the_journal_imports_no_stage_but_the_kernel_and_a_sqlite_gateway_never_
         assert not {m for m in imported if m.startswith("gateway.intake")}, f"{path.name} imports intake"
     code = "import sys, gateway.runtime.app; assert 'asyncpg' not in sys.modules, 'asyncpg loaded at import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+async def test_a_row_written_by_a_replica_of_the_previous_version_still_reads(stores: Stores) -> None:
+    """A rolling upgrade: an old replica's claim sets no status, no received, no record columns."""
+    store = await stores.started()
+    await queued(store, arrival())
+    sql = f'UPDATE "{store.table}" SET status = NULL, message_type = NULL, size = NULL, updated_at = NULL'  # type: ignore[attr-defined]
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        with db:
+            db.execute(sql)
+        db.close()
+    else:
+        assert isinstance(store, PostgresStore)
+        import asyncpg
+
+        conn = await asyncpg.connect(store.dsn, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    record = await store.message("VN-NSW", "M-1")
+    assert record is not None
+    assert (record.status, record.message_type, record.size, record.updated_at) == (
+        Status.QUEUED,
+        "",
+        0,
+        RECEIPT.received_at,
+    )
