@@ -4,7 +4,8 @@ Every subcommand takes `--config FILE` (default: $SWGW_CONFIG, then ./gateway.to
 the demo config shipped in the package).
 Exit codes: 0 ok, 1 the checked thing failed (invalid message, bad config), 2 usage;
 `swgw replay` adds 3 (refused: another replay of the destination is running) and 4
-(stopped at its time limit; run it again to continue).
+(stopped at its time limit; run it again to continue); `swgw reconcile` exits 1 when the
+gateway's and the backend's ids differ.
 """
 
 from __future__ import annotations
@@ -334,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="one screen per destination: state, backlog, parked, delivery rate, last success")
     status.add_arguments(p)
     p.set_defaults(func=status.main)
+
+    from gateway.operations import messages, reconcile, report  # the journal's read side for ops
+
+    messages.add_commands(sub, common)
+    report.add_command(sub, common)
+    reconcile.add_command(sub, common)
     return parser
 
 

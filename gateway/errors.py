@@ -5,8 +5,11 @@ GatewayError
 ├── ConfigError                      bad TOML: names the key and the file
 ├── IngressError                     answered to a partner as application/problem+json
 │   ├── MalformedXML          400    not well-formed, DOCTYPE/entities, not an envelope
+│   ├── InvalidQuery          400    a bad query parameter (journal queries): names the parameter
 │   ├── Unauthenticated       401    missing / unknown bearer token
 │   ├── Forbidden             403    From is not the partner, type or receiver not allowed
+│   ├── MessageNotFound       404    status API: no such message of yours (never says whose it is)
+│   ├── JournalDisabled       404    status API / journal queries on a gateway whose journal is off
 │   ├── RequestTimeout        408    body not received within server.request_timeout_s (slowloris)
 │   ├── ReplayInProgress      409    admin/CLI: another replay of the destination runs (CLI exit 3)
 │   ├── MessageIdReused       409    the (sender, MessageId) was queued before with another body
@@ -18,7 +21,8 @@ GatewayError
 │   │   └── ConfirmTimeout    503    no confirm within broker.confirm_timeout_s (may still be queued)
 │   ├── Overloaded            503    server.max_concurrency requests in flight: shed, Retry-After
 │   ├── DuplicateInFlight     503    another request holds the claim on this MessageId; Retry-After
-│   └── DedupUnavailable      503    the store of seen MessageIds failed (on_store_error = "reject")
+│   ├── DedupUnavailable      503    the store of seen MessageIds failed (on_store_error = "reject")
+│   └── JournalUnavailable    503    the journal store failed to answer a query; Retry-After
 ├── StoreError                       a dedup store failed; dedup answers per on_store_error (503 or publish unchecked)
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
@@ -109,6 +113,20 @@ class MalformedXML(IngressError):
     reason = "malformed_xml"
 
 
+class InvalidQuery(IngressError):
+    """A query parameter of a journal query is wrong; `parameter` names it (also in `errors[].path`)."""
+
+    status = 400
+    title = "Invalid query parameter"
+    reason = "bad_parameter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(
+            f"{parameter}: {detail}", problems=[Problem(line=None, column=None, path=parameter, reason=detail)]
+        )
+        self.parameter = parameter
+
+
 class Unauthenticated(IngressError):
     status = 401
     title = "Unauthenticated"
@@ -119,6 +137,23 @@ class Forbidden(IngressError):
     status = 403
     title = "Forbidden"
     reason = "forbidden"
+
+
+class MessageNotFound(IngressError):
+    """No message of the asking partner has this id (never sent, past retention, or another
+    partner's): one answer for all of them, so existence is never revealed."""
+
+    status = 404
+    title = "Message not found"
+    reason = "message_not_found"
+
+
+class JournalDisabled(IngressError):
+    """The journal is off on this gateway (`[journal] enabled = false` or `[dedup] backend = "none"`)."""
+
+    status = 404
+    title = "Message journal disabled"
+    reason = "journal_disabled"
 
 
 class RequestTimeout(IngressError):
@@ -222,6 +257,14 @@ class DedupUnavailable(IngressError):
     status = 503
     title = "Duplicate check unavailable"
     reason = "dedup_unavailable"
+
+
+class JournalUnavailable(IngressError):
+    """The journal store failed to answer a query (database down, locked, timed out)."""
+
+    status = 503
+    title = "Message journal unavailable"
+    reason = "journal_unavailable"
 
 
 class StoreError(GatewayError):

@@ -9,6 +9,11 @@ admin token configured the API answers 403 to everyone rather than being open.
     POST /admin/destinations/{id}/resume
     GET  /admin/destinations/{id}/parked?limit=&type=&from=&message_id=&since=&until=
     POST /admin/destinations/{id}/replay             JSON: same filters + rate, dry_run, timeout_s
+    GET  /admin/messages/{sender}/{message_id}       the journal's record and full history
+    GET  /admin/messages?status=&destination=&partner=&type=&since=&until=&cursor=&limit=
+                                                     a page of records, newest first, next_cursor
+                                                     (gateway/operations/messages.py; a bad
+                                                     filter is a 400 naming it)
 
 A replay answers 409 problem+json (`replay_in_progress`) at once while another replay of the
 same destination runs anywhere (another gateway, `swgw replay`); see gateway/operations/replay.py.
@@ -24,9 +29,10 @@ from aiohttp import web
 
 from gateway.broker.publisher import Broker
 from gateway.delivery.pool import Delivery
-from gateway.errors import InvalidMessage
+from gateway.errors import InvalidMessage, JournalDisabled, JournalUnavailable, MessageNotFound, StoreError
+from gateway.journal.model import JournalReader
 from gateway.observability.metrics import Metrics
-from gateway.operations import replay
+from gateway.operations import messages, replay
 from gateway.operations.access import check_admin
 from gateway.settings.model import Settings
 
@@ -57,13 +63,22 @@ def _filter(params: dict[str, Any]) -> replay.ReplayFilter:
 
 
 class AdminApi:
-    """The routes above. `settings` names the destinations, the admin credential and the broker replay uses."""
+    """The routes above. `settings` names the destinations, the admin credential and the broker replay uses;
+    `reader` is the journal's (None when it is off: the message routes answer 404 journal_disabled)."""
 
-    def __init__(self, settings: Settings, broker: Broker, delivery: Delivery | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        delivery: Delivery | None,
+        metrics: Metrics,
+        reader: JournalReader | None = None,
+    ) -> None:
         self.settings = settings
         self.broker = broker
         self.delivery = delivery
         self.metrics = metrics
+        self.reader = reader
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -72,6 +87,8 @@ class AdminApi:
             web.post("/admin/destinations/{id}/resume", self.resume),
             web.get("/admin/destinations/{id}/parked", self.parked),
             web.post("/admin/destinations/{id}/replay", self.replay),
+            web.get("/admin/messages", self.message_search),
+            web.get("/admin/messages/{sender}/{message_id}", self.message_history),
         ]
 
     def _auth(self, request: web.Request) -> str:
@@ -154,3 +171,28 @@ class AdminApi:
                 "messages": [asdict(r) for r in report.selected[:1000]],
             }
         )
+
+    def _reader(self) -> JournalReader:
+        if self.reader is None:
+            raise JournalDisabled("This gateway keeps no message journal ([journal] enabled, [dedup] backend).")
+        return self.reader
+
+    async def message_history(self, request: web.Request) -> web.Response:
+        self._auth(request)
+        sender, message_id = request.match_info["sender"], request.match_info["message_id"]
+        try:
+            found = await messages.show(self._reader(), sender, message_id)
+        except StoreError as exc:
+            raise JournalUnavailable(f"The journal did not answer: {exc}", retry_after_s=2) from exc
+        if found is None:
+            raise MessageNotFound(f"The journal has no message {message_id!r} from {sender!r}.")
+        return web.json_response(found)
+
+    async def message_search(self, request: web.Request) -> web.Response:
+        self._auth(request)
+        query = messages.parse_query(dict(request.query))
+        try:
+            page = await messages.search(self._reader(), query)
+        except StoreError as exc:
+            raise JournalUnavailable(f"The journal did not answer: {exc}", retry_after_s=2) from exc
+        return web.json_response(page)

@@ -27,6 +27,7 @@ from gateway.intake.identity import Authenticator
 from gateway.intake.limits import ConcurrencyGate, PartnerRateLimiter
 from gateway.intake.routing import Router
 from gateway.intake.signature import SignatureVerifier
+from gateway.intake.status import StatusApi
 from gateway.intake.validation import Validator
 from gateway.journal.model import JournalReader, JournalWriter
 from gateway.journal.service import Journal
@@ -148,6 +149,15 @@ def create_app(
             return await ingress.handle(request)
 
         app.router.add_post("/v1/messages", post_message)
+        # Where is my message: the partner's own credentials, its own bucket of lookups (intake/status.py).
+        status = StatusApi(
+            ingress.auth,
+            PartnerRateLimiter(settings.partners),
+            journal.reader,
+            metrics,
+            retry_after_s=settings.broker.retry_after_s,
+        )
+        app.router.add_get("/v1/messages/{message_id}", status.handle)
     if delivery is not None:
         app[DELIVERY] = delivery
 
@@ -162,7 +172,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
 
-    admin_routes = AdminApi(settings, broker, delivery, metrics).routes()
+    admin_routes = AdminApi(settings, broker, delivery, metrics, reader=journal.reader).routes()
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
         admin_app = web.Application(
             middlewares=[request_timing_middleware(metrics), problem_middleware], handler_args=handler_args
