@@ -21,6 +21,9 @@ module decides what becomes of each one it is handed:
   back and does not count as an attempt.
 - a bug (anything else raised): requeued, which is what the quorum queue's delivery limit
   is for: a message that keeps crashing the worker ends dead-lettered in parking.
+
+Every POST is journaled as an attempt, and every ack is preceded by its journal event
+(`_settle`); what a crash between the two leaves is journaling.py's docstring.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from gateway.broker.publisher import Broker
 from gateway.delivery.circuit import CircuitBreaker, RateLimiter, SlowStart
+from gateway.delivery.journaling import DeliveryJournal, dead_letters
 from gateway.delivery.parking import Parker
 from gateway.delivery.retry import retrying
-from gateway.delivery.sender import Sender
-from gateway.errors import BrokerUnavailable, PermanentDeliveryError, TransientDeliveryError
+from gateway.delivery.sender import Answer, Sender
+from gateway.errors import BrokerUnavailable, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from gateway.journal.model import EventKind
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
@@ -62,6 +67,7 @@ class Deliverer:
             a label of `swgw_delivery_returned_total`.
         stopping: True once the worker stops: unfinished messages are then left unacked for
             the broker to return, not republished on a closing connection.
+        journal: where attempts and settlements are journaled (journaling.py).
     """
 
     def __init__(
@@ -77,8 +83,10 @@ class Deliverer:
         may_send: Callable[[], bool],
         why_not: Callable[[], str],
         stopping: Callable[[], bool],
+        journal: DeliveryJournal,
     ) -> None:
         self.dest = dest
+        self.journal = journal
         self.broker = broker
         self.metrics = metrics
         self.queue_name = broker.names.queue(dest.id)
@@ -122,7 +130,7 @@ class Deliverer:
             else:
                 async with self._sending_slot():
                     outcome = await self._deliver(raw, msg)
-        except Exception:
+        except Exception as exc:
             # A bug, not a backend answer. Requeue: this is what the quorum queue's delivery
             # limit is for. A message that keeps crashing the worker ends dead-lettered in
             # parking (x-death), instead of looping for ever or being lost.
@@ -130,9 +138,7 @@ class Deliverer:
                 "delivery failed unexpectedly; requeueing the message", extra=self._ctx(msg, "delivery_error")
             )
             self.metrics.task_restarts.labels("delivery-message").inc()
-            with contextlib.suppress(*CHANNEL_ERRORS):
-                await raw.nack(requeue=True)
-            outcome = "requeued"
+            outcome = await self._requeue(raw, msg, "error", f"{type(exc).__name__}: {exc}")
         finally:
             self._inflight.pop(key, None)
         if outcome == "delivered":
@@ -167,7 +173,7 @@ class Deliverer:
         successes_before = self._successes
         attempts = [msg.attempts]
         try:
-            await self._attempts(msg, attempts)
+            answer = await self._attempts(msg, attempts)
         except PermanentDeliveryError as exc:
             return await self._park(raw, msg, "rejected", exc, attempts[0])
         except TransientDeliveryError as exc:
@@ -181,18 +187,18 @@ class Deliverer:
             if self._is_stopping():
                 return None
             return await self.hand_back(raw, msg.with_attempts(attempts[0]), self._why_not())
-        return await self._ack(raw, msg, "delivered", attempt=attempts[0])
+        return await self._settle(raw, msg, "delivered", EventKind.DELIVERED, status=answer.status, attempt=attempts[0])
 
-    async def _attempts(self, msg: QueuedMessage, attempts: list[int]) -> None:
+    async def _attempts(self, msg: QueuedMessage, attempts: list[int]) -> Answer:
         """POST until success, a permanent answer, `max_attempts` in all, or the circuit leaves CLOSED."""
         try:
-            await self._post(msg, attempts)  # the first try needs no retry machinery
-            return
+            return await self._post(msg, attempts)  # the first try needs no retry machinery
         except TransientDeliveryError as first:
             if attempts[0] >= self.dest.max_attempts or not self._may_send():
                 raise
             replay: TransientDeliveryError | None = first
         budget = replace(self.dest, max_attempts=self.dest.max_attempts - attempts[0] + 1)
+        answer: Answer | None = None
         async for attempt in retrying(budget, should_continue=self._may_send, before_sleep=self._before_retry(msg)):
             with attempt:
                 if replay is not None:  # tenacity's attempt 1 is the failure we already had
@@ -200,23 +206,37 @@ class Deliverer:
                     raise failure
                 if not self._may_send():
                     raise TransientDeliveryError("circuit opened; handing the message back to its queue")
-                await self._post(msg, attempts)
+                answer = await self._post(msg, attempts)
+        assert answer is not None  # the loop ends without raising only after a success
+        return answer
 
-    async def _post(self, msg: QueuedMessage, attempts: list[int]) -> None:
+    async def _post(self, msg: QueuedMessage, attempts: list[int]) -> Answer:
         await self.limiter.acquire()
         attempts[0] += 1
         try:
-            await self.sender.send(msg, attempts[0])
+            answer = await self._send(msg, attempts[0])
         except TransientDeliveryError:
             self.breaker.record_failure(msg.message_id)
             raise
         self.breaker.record_success()  # a permanent 4xx also proves the backend is up
         self._successes += 1
+        return answer
+
+    async def _send(self, msg: QueuedMessage, attempt: int) -> Answer:
+        """One POST, journaled as an attempt (time, status or error class, duration, excerpt) however it ends."""
+        at, started = time.time(), time.perf_counter()
+        try:
+            answer = await self.sender.send(msg, attempt)
+        except DeliveryError as exc:
+            self.journal.attempt(msg, at, time.perf_counter() - started, failure=exc)
+            raise
+        self.journal.attempt(msg, at, time.perf_counter() - started, answer=answer)
+        return answer
 
     async def _deliver_trial(self, raw: AbstractIncomingMessage, msg: QueuedMessage) -> str | None:
         """The half-open trial: one POST; its answer decides the circuit; a failure costs the message nothing."""
         try:
-            await self.sender.send(msg, msg.attempts + 1)
+            answer = await self._send(msg, msg.attempts + 1)
         except PermanentDeliveryError as exc:
             self.breaker.record_success()
             return await self._park(raw, msg, "rejected", exc, msg.attempts + 1)
@@ -229,14 +249,33 @@ class Deliverer:
             raise
         self.breaker.record_success()
         self._successes += 1
-        return await self._ack(raw, msg, "delivered", attempt=msg.attempts + 1)
+        return await self._settle(
+            raw, msg, "delivered", EventKind.DELIVERED, status=answer.status, attempt=msg.attempts + 1
+        )
 
     @staticmethod
     def _held(raw: AbstractIncomingMessage) -> bool:
         """Still ours to settle: its channel is open (else the broker has already taken it back)."""
         return not raw.channel.is_closed
 
-    async def _ack(self, raw: AbstractIncomingMessage, msg: QueuedMessage, outcome: str, **more: object) -> str:
+    async def _settle(
+        self,
+        raw: AbstractIncomingMessage,
+        msg: QueuedMessage,
+        outcome: str,
+        kind: EventKind,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        detail: str = "",
+        **more: object,
+    ) -> str | None:
+        """Journal the settlement, *then* ack: an ack is never ahead of its event (journaling.py).
+
+        None if the journal closed before the event was written: the message stays unacked.
+        """
+        if not await self.journal.settled(kind, msg, status=status, error=error, detail=detail):
+            return None
         try:
             await raw.ack()
         except CHANNEL_ERRORS as exc:  # channel gone: the broker already returned it; it comes back once more
@@ -257,12 +296,21 @@ class Deliverer:
                 exc,
                 extra=self._ctx(msg, "requeue"),
             )
-            with contextlib.suppress(*CHANNEL_ERRORS):
-                await raw.nack(requeue=True)
-            return "requeued"
+            return await self._requeue(raw, msg, reason, "republish failed")
         self.metrics.returned.labels(self.dest.id, reason).inc()
-        await self._ack(raw, msg, "returned")
-        return "returned"
+        return await self._settle(raw, msg, "returned", EventKind.RETURNED, error=reason)
+
+    async def _requeue(self, raw: AbstractIncomingMessage, msg: QueuedMessage, reason: str, detail: str) -> str:
+        """Nack-requeue, spending a delivery count; journaled `dead_lettered` first when it is the last."""
+        if dead_letters(raw, self.dest.delivery_limit):
+            await self.journal.settled(
+                EventKind.DEAD_LETTERED, msg, error="delivery_limit", detail=f"{reason}: {detail}"
+            )
+        else:
+            self.journal.requeued(msg, reason, detail)
+        with contextlib.suppress(*CHANNEL_ERRORS):
+            await raw.nack(requeue=True)
+        return "requeued"
 
     async def _park(
         self,
@@ -278,7 +326,8 @@ class Deliverer:
         )  # fmt: skip
         if not parked:
             return None
-        return await self._ack(raw, msg, "parked")
+        excerpt = exc.excerpt or str(exc)
+        return await self._settle(raw, msg, "parked", EventKind.PARKED, status=exc.status, error=reason, detail=excerpt)
 
     def _delivered(self, received: float | None) -> None:
         now = time.time()

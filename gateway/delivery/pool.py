@@ -17,6 +17,7 @@ from typing import Any
 from gateway.broker.publisher import Broker
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.worker import DestinationWorker
+from gateway.journal.model import JournalWriter
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
 from gateway.supervise import spawn_supervised
@@ -24,15 +25,24 @@ from gateway.timeutil import iso_unix
 
 
 class Delivery:
-    """The pool: one consumer connection (built by create_app), one worker per destination."""
+    """The pool: one consumer connection (built by create_app), one worker per destination;
+    `journal` (the process's writer; None: off) gets what the workers journal."""
 
     def __init__(
-        self, destinations: tuple[Destination, ...], broker: Broker, connection: ConsumerConnection, metrics: Metrics
+        self,
+        destinations: tuple[Destination, ...],
+        broker: Broker,
+        connection: ConsumerConnection,
+        metrics: Metrics,
+        *,
+        journal: JournalWriter | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
         self.connection = connection
-        self.workers = {d.id: DestinationWorker(d, broker, self.connection, metrics) for d in destinations}
+        self.workers = {
+            d.id: DestinationWorker(d, broker, self.connection, metrics, journal=journal) for d in destinations
+        }
         self._connection_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

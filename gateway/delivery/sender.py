@@ -2,10 +2,11 @@
 
 The sender owns the destination's HTTP connection pool and nothing else: it does not
 retry, does not count failures, does not decide about parking. It turns every way a POST
-can end into exactly one of three things: nothing (2xx, delivered), a
-`TransientDeliveryError` (refused, reset, timed out, 5xx, 408, 429: the same bytes may
-succeed later) or a `PermanentDeliveryError` (any other answer: the backend judged this
-message). `retry.classify` is the single table of statuses.
+can end into exactly one of three things: an `Answer` (2xx, delivered: status and excerpt,
+for the journal), a `TransientDeliveryError` (refused, reset, timed out, 5xx, 408, 429: the
+same bytes may succeed later) or a `PermanentDeliveryError` (any other answer: the backend
+judged this message). `retry.classify` is the single table of statuses; `error_class` names
+how a POST failed without an answer (timeout, refused, reset, connection).
 
 The probe counts a backend as up only when its health URL answers one of the configured
 statuses (2xx by default). "Anything below 500" was the old rule, and a GET on a delivery
@@ -15,7 +16,9 @@ and over while every POST failed.
 
 from __future__ import annotations
 
+import errno
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -25,6 +28,32 @@ from gateway.errors import PermanentDeliveryError, TransientDeliveryError
 from gateway.messages import EXCERPT_MAX, QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The backend's 2xx answer to one POST: its status and the start of its body."""
+
+    status: int
+    excerpt: str
+
+
+def error_class(exc: BaseException) -> str | None:
+    """How a POST failed without an answer: timeout, refused, reset or connection; None if it was answered."""
+    if getattr(exc, "status", None) is not None:
+        return None
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, TimeoutError):
+        return "timeout"
+    code = getattr(cause, "errno", None)
+    if isinstance(cause, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return "refused"
+    if isinstance(cause, ConnectionResetError | BrokenPipeError | aiohttp.ServerDisconnectedError) or code in (
+        errno.ECONNRESET,
+        errno.EPIPE,
+    ):
+        return "reset"
+    return "connection"
 
 
 class Sender:
@@ -44,8 +73,8 @@ class Sender:
         if self._http is not None:
             await self._http.close()
 
-    async def send(self, msg: QueuedMessage, attempt: int) -> None:
-        """One POST of the original bytes. Returns on 2xx; raises Transient/PermanentDeliveryError."""
+    async def send(self, msg: QueuedMessage, attempt: int) -> Answer:
+        """One POST of the original bytes. Returns the 2xx answer; raises Transient/PermanentDeliveryError."""
         assert self._http is not None, "Sender.start() was not called"
         dest = self.dest
         self.metrics.delivery_attempts.labels(dest.id).inc()
@@ -69,7 +98,7 @@ class Sender:
             self.metrics.backend_duration.labels(dest.id).observe(time.perf_counter() - started)
         kind = classify(status)
         if kind is None:
-            return
+            return Answer(status, excerpt)
         if kind is TransientDeliveryError:
             raise TransientDeliveryError(
                 f"backend answered {status}",

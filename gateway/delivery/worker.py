@@ -33,8 +33,11 @@ from gateway.delivery.circuit import CircuitBreaker, CircuitState, SlowStart
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.deliverer import CHANNEL_ERRORS as _CHANNEL_ERRORS
 from gateway.delivery.deliverer import Deliverer
+from gateway.delivery.journaling import DeliveryJournal
 from gateway.delivery.parking import Parker
 from gateway.delivery.sender import Sender
+from gateway.journal.model import JournalWriter
+from gateway.journal.writer import NullWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Destination
@@ -44,7 +47,10 @@ log = logging.getLogger("swgw.delivery")
 
 
 class DestinationWorker:
-    """Delivers one destination's queue. `start()` once; `stop()` drains in-flight work within a bound."""
+    """Delivers one destination's queue. `start()` once; `stop()` drains in-flight work within a bound.
+
+    `journal` gets every attempt, settlement and circuit change (journaling.py); None: journal off.
+    """
 
     def __init__(
         self,
@@ -54,8 +60,10 @@ class DestinationWorker:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        journal: JournalWriter | None = None,
     ) -> None:
         self.dest = dest
+        self.journal = DeliveryJournal(journal if journal is not None else NullWriter(), dest.id)
         self.broker = broker
         self.connection = connection
         self.metrics = metrics
@@ -71,7 +79,7 @@ class DestinationWorker:
         self._stuck = 0  # messages held because parking them failed
         self.deliverer = Deliverer(
             dest, broker, metrics, breaker=self.breaker, ramp=self.ramp, sender=self.sender, parker=self.parker,
-            may_send=self._may_send, why_not=self._why_not, stopping=lambda: self._stopping,
+            may_send=self._may_send, why_not=self._why_not, stopping=lambda: self._stopping, journal=self.journal,
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._consume_lock = asyncio.Lock()
@@ -255,6 +263,7 @@ class DestinationWorker:
     def _on_circuit_change(self, old: CircuitState, new: CircuitState) -> None:
         dest = self.dest.id
         self.circuit_changed_at = time.time()
+        self.journal.circuit(new.value, self.circuit_changed_at)  # outages get a start and an end
         self.metrics.circuit_state.labels(dest).set(new.code)
         self.metrics.circuit_changed.labels(dest).set(self.circuit_changed_at)
         if new is CircuitState.OPEN:

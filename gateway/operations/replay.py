@@ -28,7 +28,8 @@ How a replay reads a parking queue (`<prefix>.parked.<destination>`):
 A replay killed at any point loses nothing and duplicates nothing in parking: an unacked
 message goes back to parking. At worst a message whose publish was confirmed but whose ack
 never reached the broker is both queued and still parked; the backend drops the second
-copy by its unchanged message id.
+copy by its unchanged message id. The journal's `replayed` event is committed between the
+confirm and the ack (`replay()`); a journal that cannot commit stops the replay like a broker.
 
 Listing (`browse`) and dry runs also use basic.get and ack nothing. Listing takes no lock
 (it changes nothing; while a replay holds messages, a listing shows the rest); a dry run
@@ -47,7 +48,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -56,7 +57,8 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker.topology import Names
-from gateway.errors import BrokerUnavailable, ReplayInProgress
+from gateway.errors import BrokerUnavailable, ReplayInProgress, StoreError
+from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.pacing import TokenBucket
@@ -126,6 +128,12 @@ class ReplayFilter:
             if self.until is not None and parked_at > self.until:
                 return False
         return True
+
+    def describe(self) -> str:
+        """The filter in words, for the journal: `message_type=CUSDEC limit=5`, or `all`."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        words = [f"{k}={v.isoformat() if isinstance(v, datetime) else v}" for k, v in values.items() if v is not None]
+        return " ".join(words) or "all"
 
 
 def parked_reason(msg: QueuedMessage, headers: Mapping[str, Any]) -> str:
@@ -288,7 +296,9 @@ async def _lock(settings: Settings, channel: AbstractChannel, destination: str) 
 def _broker_error(exc: BaseException, settings: Settings, destination: str) -> BrokerUnavailable:
     """A failed publish, ack or read, in words; the message stays parked."""
     b = settings.broker
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, StoreError):  # the journal's: the publish was confirmed, the ack not sent
+        why = str(exc)
+    elif isinstance(exc, TimeoutError):
         why = f"the broker did not confirm a publish within {b.confirm_timeout_s:g}s"
     elif isinstance(exc, aiormq.exceptions.PublishError):  # Basic.Return: nothing bound
         why = f"the broker has no queue for destination {destination!r} (message returned unroutable)"
@@ -311,8 +321,12 @@ async def replay(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     metrics: Metrics | None = None,
     clock: Clock = time.monotonic,
+    journal: JournalWriter | None = None,
+    action: str = "replay",
 ) -> ReplayReport:
     """Move matching parked messages back to the destination queue (see module docstring).
+    `journal` gets a `replayed` event per message moved (detail: `action`, who asked, and the
+    filter), committed after the confirm, before the ack: a crash between them repeats it.
 
     Raises ReplayInProgress at once if another replay of `destination` runs anywhere,
     BrokerUnavailable if the broker cannot be reached or a publish failed (the report's
@@ -328,12 +342,21 @@ async def replay(
     window = asyncio.Semaphore(_WINDOW)
     failures: list[BaseException] = []
     bound_s = settings.broker.confirm_timeout_s
+    detail = f"{action}; filter: {flt.describe()}"
 
     async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
         try:
             async with asyncio.timeout(bound_s):  # not an RPC: a timeout here leaves the channel open
                 await exchange.publish(msg.unparked().to_amqp(), routing_key=destination, mandatory=True)
             report.replayed += 1  # counted once confirmed
+            if journal is not None:
+                event = Event(EventKind.REPLAYED, time.time(), msg.sender, msg.message_id, destination, detail=detail)
+                try:
+                    async with asyncio.timeout(bound_s):
+                        await journal.record(event)
+                except (TimeoutError, StoreError) as exc:
+                    why = f"the journal did not commit a replayed event within {bound_s:g}s (queued, still parked)"
+                    raise StoreError(why) from exc
             async with asyncio.timeout(bound_s):
                 await raw.ack()  # only after the confirm; unacked, it goes back to parking
         except Exception as exc:  # recorded; the message stays parked, and replay() raises below

@@ -47,7 +47,8 @@ async def settings(
 
 async def test_every_202_has_a_record_and_its_events_and_a_failed_publish_leaves_none(settings: Settings) -> None:
     names = Names(settings.broker.prefix)
-    async with run_gateway(settings) as gw:
+    # Intake only: delivery journals its own attempts (tests/integration/test_journal_events.py).
+    async with run_gateway(settings, role="ingress") as gw:
         reader = gw.app[JOURNAL_READER]
         body = with_message_id(BODY, "J-1")
         status, receipt, _ = await gw.post(body)
@@ -84,7 +85,7 @@ async def test_every_202_has_a_record_and_its_events_and_a_failed_publish_leaves
         assert [r.message_id for r in page.records] == ["J-1"]
         writer.post(Event(EventKind.DELIVERED, 2e9 + 1, "VN-NSW", "J-1", "vnaccs", status=200))
     # the app's shutdown flushed the posted event before closing the store
-    async with run_gateway(settings) as gw:
+    async with run_gateway(settings, role="ingress") as gw:
         record = await gw.app[JOURNAL_READER].message("VN-NSW", "J-1")
         assert record is not None
         assert (record.status, record.attempts) == (Status.DELIVERED, 1)

@@ -58,6 +58,9 @@ The store is the journal's (gateway/journal/): the claim row is also the message
 written with the message's type, receiver, destination, size and digest in the claim's own
 statement, and the confirm appends the `queued` event in its own statement, so the journal
 costs intake no extra round trip. A release deletes the row.
+A re-send answered 200 and a reuse answered 409 are journaled `duplicate` / `conflict` with
+the writer's `post()`: the partner's answer never waits on them, and the writer's `close()`
+flushes them on a clean shutdown (a crash may lose the last of them: they change no status).
 
 This module holds the policy; the waits after a confirm timeout are late.py; the store
 protocol and its values are gateway/journal/store.py.
@@ -80,8 +83,10 @@ from typing import Protocol
 
 from gateway.errors import ConfirmTimeout, DedupUnavailable, DuplicateInFlight, MessageIdReused, StoreError
 from gateway.intake.dedup.late import LateConfirms
+from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.journal.service import make_store
 from gateway.journal.store import Arrival, Claimed, DedupStore, InFlight, Receipt, Seen
+from gateway.journal.writer import NullWriter
 from gateway.messages import QueuedMessage
 from gateway.settings.model import Dedup, JournalSettings
 from gateway.timeutil import Clock
@@ -111,6 +116,7 @@ class Deduplicator:
     still awaited in the background to settle its claim; `close()` cancels those waits.
     `on_error(operation)` counts store failures; `on_late(outcome)` counts how each of those
     background waits ended, one of LATE_OUTCOMES (gateway/intake/dedup/late.py).
+    `journal` gets the `duplicate` and `conflict` events (posted); None: journal off.
     """
 
     def __init__(
@@ -124,8 +130,10 @@ class Deduplicator:
         late_confirm_wait_s: float = 30.0,
         on_error: Callable[[str], None] = lambda operation: None,
         on_late: Callable[[str], None] = lambda outcome: None,
+        journal: JournalWriter | None = None,
     ) -> None:
         self.store = store
+        self.journal: JournalWriter = journal if journal is not None else NullWriter()
         self.owns_store = owns_store
         self.on_error = on_error  # counts store failures by operation (metrics)
         self.on_late = on_late  # counts late outcomes (metrics)
@@ -150,6 +158,7 @@ class Deduplicator:
         on_error: Callable[[str], None] = lambda operation: None,
         on_late: Callable[[str], None] = lambda outcome: None,
         store: DedupStore | None = None,
+        journal: JournalWriter | None = None,
     ) -> Deduplicator:
         """With `store` (the journal's, create_app), use it without owning it; without, make
         and own the store `settings.backend` names, journal off (tools, tests)."""
@@ -165,6 +174,7 @@ class Deduplicator:
             late_confirm_wait_s=settings.late_confirm_wait_s,
             on_error=on_error,
             on_late=on_late,
+            journal=journal,
         )
 
     @property
@@ -244,15 +254,17 @@ class Deduplicator:
                 retry_after_s=self.retry_after_s,
             ) from exc
         if isinstance(result, Seen):
+            first = result.receipt
             if result.digest is not None and result.digest != digest:
-                first = result.receipt
+                self._journal(EventKind.CONFLICT, message, first, f"sha256 {digest} (accepted: {result.digest})")
                 raise MessageIdReused(
                     f"MessageId {message.message_id!r} from {message.sender!r} was already used for different "
                     f"content: a message with that id was accepted at {first.received_at} (destination "
                     f"{first.destination!r}) and its body's SHA-256 differs from this one's. The first message "
                     "stands and this one was not queued; send a changed message under a new MessageId."
                 )
-            return result.receipt
+            self._journal(EventKind.DUPLICATE, message, first, "")
+            return first
         if isinstance(result, InFlight):
             raise DuplicateInFlight(
                 f"A message with MessageId {message.message_id!r} from {message.sender!r} is being queued by "
@@ -274,6 +286,12 @@ class Deduplicator:
             raise
         await self._record(result, receipt)
         return receipt
+
+    def _journal(self, kind: EventKind, message: QueuedMessage, first: Receipt, detail: str) -> None:
+        """A re-send (200) or a reuse (409) of an accepted id; posted: the answer does not wait."""
+        self.journal.post(
+            Event(kind, time.time(), message.sender, message.message_id, first.destination, detail=detail)
+        )
 
     async def _record(self, claim: Claimed, receipt: Receipt) -> bool:
         """Mark the claim queued after the broker's ack; False (logged, counted) if that failed."""
