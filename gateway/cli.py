@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from gateway.settings.load import load_settings
 from gateway.settings.model import Settings
 
 if TYPE_CHECKING:
+    from gateway.journal.model import JournalWriter
     from gateway.operations.replay import ReplayFilter
 
 EXIT_REPLAY_REFUSED = 3  # another replay of the destination holds the lock; nothing was read
@@ -88,6 +91,38 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
     return asyncio.run(work())
 
 
+@contextlib.asynccontextmanager
+async def _journal_writer(settings: Settings) -> AsyncIterator[JournalWriter | None]:
+    """The journal writer of a command that journals (replay), on the gateway's own store
+    (same SQLite file or PostgreSQL table), with no retention task; None when the journal is off."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.journal.service import make_store
+    from gateway.journal.writer import BatchWriter
+    from gateway.observability.metrics import Metrics
+
+    store = make_store(settings.dedup, settings.journal) if settings.journal.enabled else None
+    if store is None:
+        yield None
+        return
+    await store.start()
+    writer = BatchWriter(store, Metrics(CollectorRegistry()))
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.close()  # flushes
+        await store.close()
+
+
+def _operator() -> str:
+    """Who runs this command, for the journal; `unknown` in a container without a user name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from gateway.errors import ReplayInProgress
     from gateway.operations import replay
@@ -97,14 +132,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         try:
-            report = await replay.replay(
-                settings,
-                args.destination,
-                flt,
-                rate_per_s=args.rate,
-                dry_run=args.dry_run,
-                timeout_s=args.timeout_s,
-            )
+            async with _journal_writer(settings) as journal:
+                report = await replay.replay(
+                    settings,
+                    args.destination,
+                    flt,
+                    rate_per_s=args.rate,
+                    dry_run=args.dry_run,
+                    timeout_s=args.timeout_s,
+                    journal=journal,
+                    action=f"cli: swgw replay (user {_operator()})",
+                )
         except ReplayInProgress as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return EXIT_REPLAY_REFUSED

@@ -30,7 +30,7 @@ from aiohttp import web
 from gateway.broker.publisher import Broker
 from gateway.delivery.pool import Delivery
 from gateway.errors import InvalidMessage, JournalDisabled, JournalUnavailable, MessageNotFound, StoreError
-from gateway.journal.model import JournalReader
+from gateway.journal.model import JournalReader, JournalWriter
 from gateway.observability.metrics import Metrics
 from gateway.operations import messages, replay
 from gateway.operations.access import check_admin
@@ -73,12 +73,14 @@ class AdminApi:
         delivery: Delivery | None,
         metrics: Metrics,
         reader: JournalReader | None = None,
+        journal: JournalWriter | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
         self.delivery = delivery
         self.metrics = metrics
         self.reader = reader
+        self.journal = journal  # replays journal `replayed` events here
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -155,6 +157,8 @@ class AdminApi:
             dry_run=bool(params.get("dry_run", False)),
             timeout_s=_timeout(params),
             metrics=self.metrics,
+            journal=self.journal,
+            action=f"admin api: POST /admin/destinations/{dest}/replay",
         )
         return web.json_response(
             {

@@ -64,7 +64,7 @@ def create_app(
     validator = Validator.from_settings(settings, rules=rules.check)
     broker = Broker(settings, metrics)
     delivery = (
-        Delivery(settings.destinations, broker, ConsumerConnection(settings.broker), metrics)
+        Delivery(settings.destinations, broker, ConsumerConnection(settings.broker), metrics, journal=journal.writer)
         if role in ("all", "delivery")
         else None
     )
@@ -123,6 +123,7 @@ def create_app(
             on_error=lambda operation: metrics.dedup_store_errors.labels(operation).inc(),
             on_late=lambda outcome: metrics.dedup_late_outcomes.labels(outcome).inc(),
             store=journal.store,  # the journal's: it starts, purges and closes it
+            journal=journal.writer,  # duplicate and conflict events
         )
 
         async def dedup_lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -172,7 +173,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
 
-    admin_routes = AdminApi(settings, broker, delivery, metrics, reader=journal.reader).routes()
+    admin_routes = AdminApi(settings, broker, delivery, metrics, reader=journal.reader, journal=journal.writer).routes()
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
         admin_app = web.Application(
             middlewares=[request_timing_middleware(metrics), problem_middleware], handler_args=handler_args
