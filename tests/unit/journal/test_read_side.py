@@ -99,7 +99,8 @@ async def test_report_counts_by_destination_and_type_with_duplicates_and_the_lon
     r = await report.build(store, T0, T0 + 3600, now=T0 + 3600)
     c = r.groups[("vnaccs", "CUSDEC")]
     assert (c.received, c.delivered, c.parked, c.pending, c.duplicates, c.conflicts) == (4, 2, 1, 1, 2, 0)
-    assert (c.longest_s, c.longest_message_id) == (pytest.approx(699, abs=0.01), "R-1")
+    assert c.longest_s == pytest.approx(699, abs=0.01)
+    assert c.longest_message_id == "R-1"
     assert (r.groups[("vnaccs", "CUSCAR")].received, r.groups[("vnaccs", "CUSCAR")].pending) == (1, 1)
     a = r.groups[("asean", "ECOO")]
     assert (a.received, a.delivered, a.conflicts) == (1, 1, 1)
