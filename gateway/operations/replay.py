@@ -325,8 +325,7 @@ async def replay(
     action: str = "replay",
 ) -> ReplayReport:
     """Move matching parked messages back to the destination queue (see module docstring).
-    `journal` gets a `replayed` event per message moved (detail: `action`, who asked, and the
-    filter), committed after the confirm, before the ack: a crash between them repeats it.
+    `journal`: a `replayed` event per message (detail: `action`, the filter) between confirm and ack.
 
     Raises ReplayInProgress at once if another replay of `destination` runs anywhere,
     BrokerUnavailable if the broker cannot be reached or a publish failed (the report's
@@ -345,18 +344,18 @@ async def replay(
     detail = f"{action}; filter: {flt.describe()}"
 
     async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
+        # Timed before the publish: its redelivery's first attempt can never sort before it.
+        event = Event(EventKind.REPLAYED, time.time(), msg.sender, msg.message_id, destination, detail=detail)
         try:
             async with asyncio.timeout(bound_s):  # not an RPC: a timeout here leaves the channel open
                 await exchange.publish(msg.unparked().to_amqp(), routing_key=destination, mandatory=True)
             report.replayed += 1  # counted once confirmed
             if journal is not None:
-                event = Event(EventKind.REPLAYED, time.time(), msg.sender, msg.message_id, destination, detail=detail)
                 try:
                     async with asyncio.timeout(bound_s):
                         await journal.record(event)
-                except (TimeoutError, StoreError) as exc:
-                    why = f"the journal did not commit a replayed event within {bound_s:g}s (queued, still parked)"
-                    raise StoreError(why) from exc
+                except (TimeoutError, StoreError) as exc:  # that message is then queued and still parked
+                    raise StoreError(f"the journal did not commit a replayed event within {bound_s:g}s") from exc
             async with asyncio.timeout(bound_s):
                 await raw.ack()  # only after the confirm; unacked, it goes back to parking
         except Exception as exc:  # recorded; the message stays parked, and replay() raises below
