@@ -140,10 +140,12 @@ def event_json(event: Event) -> dict[str, Any]:
     body: dict[str, Any] = {"at": iso_unix(event.at), "event": event.kind.value}
     if event.destination:
         body["destination"] = event.destination
-    for name in ("status", "error", "duration_s"):
+    for name in ("status", "error"):
         value = getattr(event, name)
         if value is not None:
             body[name] = value
+    if event.duration_s is not None:
+        body["duration_s"] = round(event.duration_s, 6)
     if event.detail:
         body["detail"] = event.detail
     return body
@@ -212,7 +214,8 @@ def _text_record(r: dict[str, Any]) -> list[str]:
 def _text_event(e: dict[str, Any]) -> str:
     extra = [f"{k}={e[k]}" for k in ("status", "error") if k in e]
     if "duration_s" in e:
-        extra.append(f"{e['duration_s'] * 1000:.0f}ms")
+        ms = e["duration_s"] * 1000
+        extra.append(f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms")
     if "detail" in e:
         extra.append(json.dumps(e["detail"], ensure_ascii=False))
     return f"  {e['at']}  {e['event']:<13} {' '.join(extra)}".rstrip()

@@ -146,6 +146,7 @@ class Report:
     since: float
     until: float
     destination: str | None
+    as_of: float  # when the statuses were read
     groups: dict[tuple[str, str], Counts] = field(default_factory=dict)
     circuit: dict[str, list[OpenPeriod]] = field(default_factory=dict)
 
@@ -169,6 +170,7 @@ class Report:
             "since": iso_unix(self.since),
             "until": iso_unix(self.until),
             "destination": self.destination,
+            "as_of": iso_unix(self.as_of),
             "groups": [{"destination": d, "message_type": t, **counts(c)} for (d, t), c in sorted(self.groups.items())],
             "circuit_open": {d: [p.as_json() for p in self.circuit.get(d, [])] for d in self.destinations()},
             "total": counts(self.total()),
@@ -179,7 +181,8 @@ async def build(
     reader: JournalReader, since: float, until: float, destination: str | None = None, *, now: float | None = None
 ) -> Report:
     """Stream the window into counters; then duplicates and conflicts, then circuit periods."""
-    report = Report(since, until, destination)
+    now = time.time() if now is None else now
+    report = Report(since, until, destination, as_of=now)
     async for record in reader.window(since, until, destination):
         key = (record.destination, record.message_type)
         group = report.groups.get(key)
@@ -202,7 +205,7 @@ async def build(
         else:
             group.conflicts += 1
     events = await reader.destination_events(since, until, destination)
-    report.circuit = open_periods(events, since, until, time.time() if now is None else now)
+    report.circuit = open_periods(events, since, until, now)
     return report
 
 
@@ -220,7 +223,8 @@ def duration(seconds: float | None) -> str:
 
 def write_text(report: Report, out: TextIO) -> None:
     scope = f" for {report.destination}" if report.destination else ""
-    out.write(f"messages received {iso_unix(report.since)} .. {iso_unix(report.until)}{scope} (status as of now)\n")
+    out.write(f"messages received {iso_unix(report.since)} .. {iso_unix(report.until)}{scope}\n")
+    out.write(f"status as of {iso_unix(report.as_of)}\n")
     header = (
         f"  {'TYPE':<10} {'RECEIVED':>8} {'DELIVERED':>9} {'PARKED':>6} {'PENDING':>7} {'DUPL.':>5} {'CONFL.':>6}  "
         "LONGEST RECEIPT->DELIVERY"
