@@ -2,10 +2,11 @@
 
 The package follows one message from the partner's POST to the backend, a folder per stage:
 
-    intake/         HTTP handler, identity, limits, XML and schemas, rules, signatures, routing, dedup
+    intake/         HTTP handler, identity, limits, XML and schemas, rules, signatures, routing, dedup,
+                    the partner's status lookup
     broker/         RabbitMQ topology and the confirmed publisher (the publishing connection)
     delivery/       consumer connection, per-destination workers, circuit, retries, parking
-    operations/     what ops do to messages afterwards: replay, the admin API
+    operations/     what ops do to messages afterwards: replay, the admin API, history, report, reconcile
     observability/  metrics, logs, problem+json answers
     settings/       the TOML config: model, reader, cross-table checks
     runtime/        create_app, serving, health: the only code that wires the stages together

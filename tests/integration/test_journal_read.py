@@ -358,3 +358,7 @@ async def test_report_and_reconcile_on_an_outage_drill(settings: Settings, sim: 
             )
             assert bad.returncode == 2, (bad.stdout, bad.stderr)
             assert bad.stderr.startswith("usage: ")
+        nowhere = await asyncio.to_thread(
+            swgw, config, "reconcile", "--destination", "nowhere", *window, "--backend-ids", str(held)
+        )
+        assert (nowhere.returncode, nowhere.stderr.split(":")[:2]) == (2, ["usage", " destination"])

@@ -4,12 +4,16 @@ integration tests (tests/integration/test_journal_read.py) read what a running g
 
 from __future__ import annotations
 
+import asyncio
 import io
+import tracemalloc
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from gateway.errors import InvalidQuery
-from gateway.journal.model import Event, EventKind, MessageFilter, Status
+from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page, Status
+from gateway.journal.store import WINDOW_CHUNK
 from gateway.operations import messages, reconcile, report
 from gateway.timeutil import iso_unix
 from tests.unit.journal.stores import T0, Stores, arrival, queued
@@ -153,3 +157,63 @@ async def test_reconcile_compares_delivered_ids_with_the_backends(stores: Stores
     assert not r.equal
     same = await reconcile.reconcile(store, "vnaccs", T0, T0 + 60, reconcile.parse_ids(["D-0", "D-1", "D-2"]))
     assert same.equal
+
+
+async def test_the_report_streams_the_window_chunk_by_chunk(stores: Stores) -> None:
+    store = await stores.started()
+    n = 2 * WINDOW_CHUNK + 7  # three keyset chunks, the last one short
+    ids = [f"C-{i:05d}" for i in range(n)]
+    await asyncio.gather(*(queued(store, arrival(mid, received=T0 + i / 100)) for i, mid in enumerate(ids)))
+    await store.write([ev(DELIVERED, T0 + 100, mid, destination="vnaccs") for mid in ids[::2]])
+    c = (await report.build(store, T0, T0 + 3600, now=T0 + 3600)).groups[("vnaccs", "CUSDEC")]
+    assert (c.received, c.delivered, c.pending) == (n, (n + 1) // 2, n // 2)
+    out = io.StringIO()
+    assert await report.write_csv(store, T0, T0 + 3600, None, out) == n
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()[1:]] == ids  # oldest first, none twice
+
+
+class Day:
+    """A reader whose window makes `n` records one at a time and keeps none: what the report holds is its own."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def window(self, since: float, until: float, destination: str | None = None) -> AsyncIterator[MessageRecord]:
+        for i in range(self.n):
+            at = iso_unix(since + i) or ""
+            yield MessageRecord(
+                "VN-NSW", f"NSW-2026-{i:06d}", ("CUSDEC", "CUSCAR")[i % 2], "VN-VNACCS", "vnaccs", 7548,
+                f"{i:064x}", at, Status.DELIVERED, 1, iso_unix(since + i + 5), None, at,
+            )  # fmt: skip
+
+    async def events(
+        self, since: float, until: float, *, kinds: Sequence[EventKind] | None = None, destination: str | None = None
+    ) -> AsyncIterator[Event]:
+        for _ in ():
+            yield _
+
+    async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
+        return []
+
+    async def message(self, sender: str, message_id: str) -> MessageRecord | None:
+        return None
+
+    async def history(self, sender: str, message_id: str) -> list[Event]:
+        return []
+
+    async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
+        return Page([], None)
+
+
+async def test_a_day_of_25000_messages_costs_the_report_its_counters_not_its_records() -> None:
+    tracemalloc.start()
+    try:
+        r = await report.build(Day(25_000), T0, T0 + 86_400, now=T0 + 86_400)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(t, c.received, c.delivered) for (_, t), c in sorted(r.groups.items())] == [
+        ("CUSCAR", 12_500, 12_500),
+        ("CUSDEC", 12_500, 12_500),
+    ]
+    assert peak < 200_000  # 25,000 records held would be well over 10 MB
