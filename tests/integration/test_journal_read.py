@@ -185,7 +185,8 @@ async def test_a_rejected_message_is_parked_then_replayed_for_partner_and_ops(
         await eventually(delivered, what="P-1 delivered after the replay")
         history = (await admin(gw, "GET", "/admin/messages/VN-NSW/P-1"))[1]["history"]
         kinds = [e["event"] for e in history]
-        assert kinds[kinds.index("parked") :] == ["parked", "replayed", "attempt", "delivered"]
+        after_park = [k for k in kinds[kinds.index("parked") :] if k != "queued"]  # (a late confirm)
+        assert after_park == ["parked", "replayed", "attempt", "delivered"]
         assert "admin api" in history[kinds.index("replayed")]["detail"]
 
 
