@@ -59,6 +59,20 @@ STATUS_AFTER: dict[EventKind, Status] = {
 }
 """The status a message event leaves its message in; other kinds leave it as it was."""
 
+MOVES_FROM: dict[EventKind, frozenset[Status]] = {
+    # Events of one message can commit out of order across processes (a `swgw replay` in
+    # another process commits `replayed` after the gateway committed the redelivery's
+    # `delivered`), and a crash repeats attempts of a message already delivered. A move is
+    # applied only from the statuses it can truthfully follow, so a status never goes back.
+    EventKind.QUEUED: frozenset({Status.RECEIVED}),
+    EventKind.ATTEMPT: frozenset({Status.RECEIVED, Status.QUEUED, Status.DELIVERING}),
+    EventKind.DELIVERED: frozenset(Status),
+    EventKind.PARKED: frozenset(Status) - {Status.DELIVERED},
+    EventKind.REPLAYED: frozenset({Status.PARKED, Status.DEAD_LETTERED}),
+    EventKind.DEAD_LETTERED: frozenset(Status) - {Status.DELIVERED},
+}
+"""From which statuses each STATUS_AFTER move applies; from any other the status stays."""
+
 
 @dataclass(frozen=True)
 class Event:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.journal.model import STATUS_AFTER, Event, EventKind, MessageFilter, MessageRecord, Status
+from gateway.journal.model import MOVES_FROM, STATUS_AFTER, Event, EventKind, MessageFilter, MessageRecord, Status
 from gateway.timeutil import iso_unix
 
 RECORD = (
@@ -133,6 +133,7 @@ class StatusMove:
     """What a message event does to its record (STATUS_AFTER, attempts, delivered_at, parked_reason)."""
 
     status: Status
+    allowed_from: frozenset[Status]  # the move applies only from these (MOVES_FROM)
     attempts: int
     delivered: bool  # set delivered_at to the event's time
     reason_changes: bool  # set parked_reason to `reason` (None clears it)
@@ -147,9 +148,10 @@ def status_move(e: Event) -> StatusMove | None:
     parked = e.kind in (EventKind.PARKED, EventKind.DEAD_LETTERED)
     return StatusMove(
         status=status,
+        allowed_from=MOVES_FROM.get(e.kind, frozenset(Status)),
         attempts=1 if e.kind is EventKind.ATTEMPT else 0,
         delivered=e.kind is EventKind.DELIVERED,
-        reason_changes=parked or e.kind is EventKind.REPLAYED,
+        reason_changes=parked or e.kind in (EventKind.REPLAYED, EventKind.DELIVERED),  # those two clear it
         reason=(e.error or e.detail or e.kind.value) if parked else None,
     )
 
@@ -159,10 +161,22 @@ def move_sql(table: str, q: Query, e: Event, m: StatusMove) -> str:
 
     Built left to right: SQLite's `?` placeholders are bound in the order they appear.
     """
-    sql = f'UPDATE "{table}" SET status = {q(m.status.value)}, updated_at = {q.time(e.at)}, '
-    sql += f"attempts = attempts + {q(m.attempts)}, "
-    sql += f"delivered_at = CASE WHEN {q(m.delivered)} THEN {q.time(e.at)} ELSE delivered_at END, "
-    sql += f"parked_reason = CASE WHEN {q(m.reason_changes)} THEN {q(m.reason)} ELSE parked_reason END "
+
+    # A move applies only from the statuses in MOVES_FROM; the attempt count grows either way.
+    # Every SET expression reads the row as it was before this UPDATE. Placeholders are made
+    # in the order they appear (SQLite's `?` are positional), hence `allowed()` inline.
+    # Always len(Status) placeholders (padded by repeating one), so every event's UPDATE has
+    # the same text: the PostgreSQL store runs one executemany per batch.
+    values = sorted(st.value for st in m.allowed_from)
+    values += values[:1] * (len(Status) - len(values))
+
+    def allowed() -> str:
+        return "status IN (" + ", ".join(q(v) for v in values) + ")"
+
+    sql = f'UPDATE "{table}" SET status = CASE WHEN {allowed()} THEN {q(m.status.value)} ELSE status END, '
+    sql += f"updated_at = {q.time(e.at)}, attempts = attempts + {q(m.attempts)}, "
+    sql += f"delivered_at = CASE WHEN {q(m.delivered)} AND {allowed()} THEN {q.time(e.at)} ELSE delivered_at END, "
+    sql += f"parked_reason = CASE WHEN {q(m.reason_changes)} AND {allowed()} THEN {q(m.reason)} ELSE parked_reason END "
     return sql + f"WHERE sender = {q(e.sender)} AND message_id = {q(e.message_id)}"
 
 

@@ -48,8 +48,26 @@ async def test_a_message_s_life_moves_its_status_attempts_delivery_and_parking(s
     await store.write([ev(EventKind.ATTEMPT, T0 + 11, status=200), ev(EventKind.DELIVERED, T0 + 11.5, status=200)])
     r = await record(store)
     assert (r.status, r.attempts, r.delivered_at) == (Status.DELIVERED, 3, iso_unix(T0 + 11.5))
+    # delivered is final: a later dead-letter of a redelivered copy leaves it delivered
     await store.write([ev(EventKind.DEAD_LETTERED, T0 + 20, error="dead-lettered:delivery_limit", message_id="M-1")])
-    assert (await record(store)).status is Status.DEAD_LETTERED
+    assert (await record(store)).status is Status.DELIVERED
+
+
+async def test_a_status_never_goes_back_when_events_commit_out_of_order(stores: Stores) -> None:
+    # A `swgw replay` in another process can commit `replayed` after the gateway committed the
+    # redelivery's `delivered`; a crash repeats attempts of a message already delivered.
+    store = await stores.started()
+    await queued(store, arrival())
+    await store.write([ev(EventKind.PARKED, T0 + 1, error="rejected")])
+    await store.write([ev(EventKind.ATTEMPT, T0 + 3, status=200), ev(EventKind.DELIVERED, T0 + 3.5, status=200)])
+    await store.write([ev(EventKind.REPLAYED, T0 + 2, detail="cli: swgw replay")])
+    r = await record(store)
+    assert (r.status, r.delivered_at) == (Status.DELIVERED, iso_unix(T0 + 3.5))
+    await store.write([ev(EventKind.ATTEMPT, T0 + 9, status=200), ev(EventKind.PARKED, T0 + 9.5, error="rejected")])
+    r = await record(store)
+    assert (r.status, r.attempts, r.parked_reason) == (Status.DELIVERED, 2, None)  # attempts still counted
+    history = await store.history("VN-NSW", "M-1")
+    assert [e.kind for e in history].count(EventKind.REPLAYED) == 1  # every event kept, in time order
 
 
 async def test_events_that_move_nothing_are_kept_duplicates_and_conflicts_too(stores: Stores) -> None:
