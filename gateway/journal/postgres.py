@@ -258,12 +258,10 @@ class PostgresStore:
         )
         update = ""
         moves: list[list[Any]] = []
-        for e in events:
-            m = queries.status_move(e)
-            if m is not None:
-                q = Query(DIALECT)
-                update = queries.move_sql(self.table, q, e, m)  # the same text for every event
-                moves.append(q.args)
+        for e, m in queries.status_moves(events):
+            q = Query(DIALECT)
+            update = queries.move_sql(self.table, q, e, m)  # the same text for every event
+            moves.append(q.args)
 
         async def body(conn: PoolConnectionProxy) -> None:
             async with conn.transaction():

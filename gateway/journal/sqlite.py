@@ -213,19 +213,19 @@ class SqliteStore:
 
     async def write(self, events: Sequence[Event]) -> None:
         rows = [queries.event_row(e, DIALECT) for e in events]
-        moves = []
-        for e in events:
-            m = queries.status_move(e)
-            if m is not None:
-                q = Query(DIALECT)
-                moves.append((queries.move_sql(self.table, q, e, m), q.args))
+        update = ""
+        moves: list[list[Any]] = []
+        for e, m in queries.status_moves(events):
+            q = Query(DIALECT)
+            update = queries.move_sql(self.table, q, e, m)  # the same text for every event
+            moves.append(q.args)
 
         def body(db: sqlite3.Connection) -> None:
             db.executemany(
                 f'INSERT INTO "{self.events_table}" ({queries.EVENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows
             )
-            for sql, args in moves:
-                db.execute(sql, args)
+            if moves:
+                db.executemany(update, moves)
 
         await self._run(lambda: self._transaction(body))
 

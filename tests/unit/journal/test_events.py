@@ -290,3 +290,23 @@ async def test_events_of_a_window_stream_oldest_first_filtered_by_kind_and_desti
     resends = store.events(T0 + 1, T0 + 4, kinds=[EventKind.DUPLICATE, EventKind.CONFLICT], destination="vnaccs")
     assert [e.message_id async for e in resends] == ["M-1", "M-2", "SAME-TIME", "M-3", "C-1"]
     assert [e async for e in store.events(T0, T0 + 10, kinds=[])] == []
+
+
+def test_a_batch_folds_an_attempt_into_its_delivery_and_nothing_else() -> None:
+    from gateway.journal import queries
+
+    batch = [
+        ev(EventKind.ATTEMPT, T0 + 1, status=200),
+        ev(EventKind.ATTEMPT, T0 + 1, status=503, message_id="M-2"),
+        ev(EventKind.DELIVERED, T0 + 2, status=200),
+        ev(EventKind.PARKED, T0 + 3, error="rejected", message_id="M-2"),
+        ev(EventKind.DELIVERED, T0 + 4, status=200, message_id="M-2"),
+    ]
+    moves = [(e.message_id, e.kind, m.attempts) for e, m in queries.status_moves(batch)]
+    # M-1: its attempt folds into its delivery; M-2: a park sets the reason and stays its own UPDATE
+    assert moves == [
+        ("M-2", EventKind.ATTEMPT, 1),
+        ("M-1", EventKind.DELIVERED, 1),
+        ("M-2", EventKind.PARKED, 0),
+        ("M-2", EventKind.DELIVERED, 0),
+    ]
