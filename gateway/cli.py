@@ -214,6 +214,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{len(settings.destinations)} destinations, {len(settings.routes)} routes)"
     )
     print(journal_service.describe(settings))  # on or off, where, how long; off says why
+    from gateway.tools import receipts
+
+    print(receipts.describe(settings))  # signed with which key, or unsigned
     return 0
 
 
@@ -379,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     messages.add_commands(sub, common)
     report.add_command(sub, common)
     reconcile.add_command(sub, common)
+    from gateway.tools import receipts
+
+    receipts.add_command(sub, common)  # swgw verify-receipt
     return parser
 
 

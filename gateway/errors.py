@@ -24,6 +24,7 @@ GatewayError
 │   ├── DedupUnavailable      503    the store of seen MessageIds failed (on_store_error = "reject")
 │   └── JournalUnavailable    503    the journal store failed to answer a query; Retry-After
 ├── StoreError                       a dedup store failed; dedup answers per on_store_error (503 or publish unchecked)
+├── ReceiptError                     a receipt key cannot be used, or a receipt does not verify (receipts.py)
 └── DeliveryError                    outcome of one delivery attempt to a backend
     ├── TransientDeliveryError       retry later (refused, reset, timeout, 5xx, 408, 429)
     └── PermanentDeliveryError       park now (other 4xx)
@@ -269,6 +270,10 @@ class JournalUnavailable(IngressError):
 
 class StoreError(GatewayError):
     """A dedup store operation failed (database down, locked, timed out); the cause is chained."""
+
+
+class ReceiptError(GatewayError):
+    """A signing key file cannot be used, or a signed receipt does not verify; the message says why."""
 
 
 class DeliveryError(GatewayError):

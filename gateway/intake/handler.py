@@ -38,6 +38,8 @@ from gateway.intake.tls import peer_certificate
 from gateway.intake.validation import Envelope, Validator
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import UNKNOWN, Metrics
+from gateway.receipts import HEADER as RECEIPT_HEADER
+from gateway.receipts import KeyRing, ReceiptFacts, body_sha256
 from gateway.settings.model import Partner, Settings
 from gateway.timeutil import iso, now_utc
 
@@ -60,6 +62,7 @@ class Ingress:
     limiter: PartnerRateLimiter
     gate: ConcurrencyGate
     signatures: SignatureVerifier
+    receipts: KeyRing | None = None  # None: no [receipts], the 202 is unsigned
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -135,7 +138,9 @@ class Ingress:
                     "received_at": receipt.received_at,
                 },
             )
-            return web.json_response(receipt.as_json(), status=200)
+            # Same facts as the first 202 (the original received_at; a 409 had any other
+            # body), so the same payload: re-signed, never stored (gateway/receipts.py).
+            return self._answer(receipt.as_json(), message, receipt.received_at, status=200)
         self.metrics.ingest_messages.labels(partner.id, env.message_type, "accepted").inc()
         log.info(
             "queued",
@@ -147,15 +152,34 @@ class Ingress:
                 "destination": destination,
             },
         )
-        return web.json_response(
+        return self._answer(
             {
                 "message_id": message.message_id,
                 "status": "queued",
                 "destination": destination,
                 "received_at": message.received_at,
             },
+            message,
+            message.received_at,
             status=202,
         )
+
+    def _answer(
+        self, body: dict[str, object], message: QueuedMessage, received_at: str, *, status: int
+    ) -> web.Response:
+        """The receipt JSON, with the signed receipt in `receipt` and the Swgw-Receipt header when keys are set."""
+        if self.receipts is None:
+            return web.json_response(body, status=status)
+        facts = ReceiptFacts(
+            message_id=message.message_id,
+            sender=message.sender,
+            receiver=message.receiver,
+            message_type=message.message_type,
+            body_sha256=body_sha256(message.body),
+            received_at=received_at,
+        )
+        signed = self.receipts.sign(facts)
+        return web.json_response({**body, "receipt": signed}, status=status, headers={RECEIPT_HEADER: signed})
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.server.max_body_bytes

@@ -5,7 +5,8 @@ Same door as POST /v1/messages: the partner's own bearer token and/or client cer
 by (the authenticated partner, the id). Another partner's message is never even read, so
 neither the answer nor its timing can tell whether it exists:
 
-    200  the record (STATUS_FIELDS below)
+    200  the record (STATUS_FIELDS below); with `?receipt=1` also `receipt`, the signed
+         receipt of the 202 rebuilt from the record and signed again (gateway/receipts.py)
     401  no or unknown credentials (as for POST)
     404  message_not_found: no message of *yours* with this id: never sent, sent by another
          partner, or past `[journal] retention_days`. One body for all of them.
@@ -42,6 +43,7 @@ from gateway.intake.limits import PartnerRateLimiter
 from gateway.intake.tls import peer_certificate
 from gateway.journal.model import JournalReader, MessageRecord
 from gateway.observability.metrics import Metrics
+from gateway.receipts import KeyRing, ReceiptFacts
 
 log = logging.getLogger("swgw.status")
 
@@ -80,6 +82,7 @@ class StatusApi:
     reader: JournalReader | None  # None: the journal is off
     metrics: Metrics
     retry_after_s: int = 2
+    receipts: KeyRing | None = None  # `?receipt=1`: the signed receipt again (None: unsigned gateway)
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
@@ -103,4 +106,24 @@ class StatusApi:
             ) from exc
         if record is None:
             raise MessageNotFound(NOT_FOUND)
-        return web.json_response(status_json(record), headers={"Cache-Control": "no-store"})
+        body = status_json(record)
+        if request.query.get("receipt") in ("1", "true"):
+            body["receipt"] = self._receipt(record)
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    def _receipt(self, record: MessageRecord) -> str | None:
+        """The receipt rebuilt from the record (the facts the 202 signed) and signed with the
+        current key: the same payload as the 202's; the same JWS too while that key signs
+        (Ed25519 is deterministic). None when this gateway signs no receipts, or for a record
+        written before digests were kept."""
+        if self.receipts is None or not record.sha256:
+            return None
+        facts = ReceiptFacts(
+            message_id=record.message_id,
+            sender=record.sender,
+            receiver=record.receiver,
+            message_type=record.message_type,
+            body_sha256=record.sha256,
+            received_at=record.received_at,
+        )
+        return self.receipts.sign(facts)

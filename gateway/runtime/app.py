@@ -34,6 +34,7 @@ from gateway.journal.service import Journal
 from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
+from gateway.receipts import KeyRing
 from gateway.runtime import health
 from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
@@ -115,6 +116,13 @@ def create_app(
 
     app.cleanup_ctx.append(lifespan)
 
+    # Signed receipts (gateway/receipts.py): the first key signs; all are published as a JWKS.
+    receipt_keys = KeyRing.load(settings.receipts.signing_keys) if settings.receipts is not None else None
+    jwks = receipt_keys.jwks() if receipt_keys is not None else {"keys": []}
+
+    async def receipt_keys_view(_: web.Request) -> web.Response:
+        return web.json_response(jwks, headers={"Cache-Control": "max-age=300"})
+
     if role in ("all", "ingress"):
         # The store of seen MessageIds, opened and closed with the app.
         dedup = Deduplicator.from_settings(
@@ -143,6 +151,7 @@ def create_app(
             limiter=PartnerRateLimiter(settings.partners),
             gate=ConcurrencyGate(settings.server.max_concurrency),
             signatures=SignatureVerifier(settings.partners, config_file=str(settings.path)),
+            receipts=receipt_keys,
         )
         app[INGRESS] = ingress
 
@@ -157,8 +166,10 @@ def create_app(
             journal.reader,
             metrics,
             retry_after_s=settings.broker.retry_after_s,
+            receipts=receipt_keys,
         )
         app.router.add_get("/v1/messages/{message_id}", status.handle)
+        app.router.add_get("/v1/receipt-keys", receipt_keys_view)  # public keys: no credentials needed
     if delivery is not None:
         app[DELIVERY] = delivery
 

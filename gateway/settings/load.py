@@ -28,6 +28,7 @@ TABLES = (
     "logging",
     "dedup",
     "journal",
+    "receipts",
 )
 """The top-level keys a config may have; anything else is refused as a typo."""
 
@@ -57,6 +58,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     checks.dedup_timeouts(file, broker, dedup)
     journal = tables.journal(table(doc, file, "journal"), dedup)
     checks.journal(file, dedup, journal)
+    receipts = tables.receipts(table(doc, file, "receipts"), base) if "receipts" in doc else None
     root.done()
 
     return Settings(
@@ -71,4 +73,5 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         logging=logging,
         dedup=dedup,
         journal=journal,
+        receipts=receipts,
     )

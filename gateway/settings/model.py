@@ -219,6 +219,19 @@ class JournalSettings:
 
 
 @dataclass(frozen=True)
+class ReceiptSettings:
+    """`[receipts]`: the PEM files of the keys that sign partners' receipts (gateway/receipts.py).
+
+    `signing_keys` (resolved against the config file's folder): the first signs, every one
+    is published at `GET /v1/receipt-keys` and verifies, so a key is rotated by putting the
+    new one first and dropping the old one once no partner needs it. No `[receipts]` table:
+    receipts are answered unsigned (check-config says so).
+    """
+
+    signing_keys: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole config file; `path` is where it was read from (relative paths are resolved already)."""
 
@@ -233,3 +246,4 @@ class Settings:
     logging: Logging = Logging()
     dedup: Dedup = Dedup()
     journal: JournalSettings = JournalSettings()
+    receipts: ReceiptSettings | None = None  # None: receipts unsigned

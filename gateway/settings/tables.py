@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import ConfigError, ReceiptError
+from gateway.receipts import SigningKey
 from gateway.settings.hashes import checked_hashes, fingerprints, split_hashes, token_hashes
 from gateway.settings.model import (
     AUTH_MODES,
@@ -26,6 +28,7 @@ from gateway.settings.model import (
     Logging,
     MessageType,
     Partner,
+    ReceiptSettings,
     Route,
     Secret,
     Server,
@@ -221,3 +224,24 @@ def journal(r: TableReader, dedup: Dedup) -> JournalSettings:
     )
     r.done()
     return result
+
+
+def receipts(r: TableReader, base: Path) -> ReceiptSettings:
+    """`[receipts] signing_keys`: each file is loaded here, so a bad one is a config error naming it."""
+    names = r.strings("signing_keys", ())
+    if not names:
+        raise r.error("signing_keys", "list at least one PEM private key file (the first signs)")
+    paths = tuple(base / name for name in names)
+    kids: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        try:
+            kid = SigningKey.load(path).kid
+        except ReceiptError as exc:
+            raise ConfigError(r.file, f"{r.key('signing_keys')}[{i}]", str(exc)) from exc
+        if kid in kids:
+            raise ConfigError(
+                r.file, f"{r.key('signing_keys')}[{i}]", f"{path} is the same key as signing_keys[{kids[kid]}]"
+            )
+        kids[kid] = i
+    r.done()
+    return ReceiptSettings(signing_keys=paths)

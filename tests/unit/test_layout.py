@@ -3,7 +3,8 @@
 The dependency rule, by stage (a folder of gateway/, or the kernel modules beside them):
 
     kernel         errors, messages, supervise,      -> kernel
-                   credentials, timeutil, pacing
+                   credentials, timeutil, pacing,
+                   receipts
     settings                                          -> kernel
     observability                                     -> kernel, settings
     broker                                            -> kernel, settings, observability
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-KERNEL = {"errors", "messages", "supervise", "credentials", "timeutil", "pacing"}
+KERNEL = {"errors", "messages", "supervise", "credentials", "timeutil", "pacing", "receipts"}
 BASE = {"kernel"}
 ALLOWED: dict[str, set[str]] = {
     "kernel": BASE,
