@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,43 @@ async def test_verify_receipt_cli_exit_codes_and_check_config(
     assert "receipts: unsigned (no [receipts] table" in check.stdout
     check = swgw("check-config", "--config", config)
     assert f"receipts: signed with EdDSA key {jwks['keys'][0]['kid']} (receipts.pem)" in check.stdout
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_snippet() -> str:
+    """The partner's PyJWT snippet, as the README prints it."""
+    text = README.read_text(encoding="utf-8").split("<!-- receipt-snippet -->", 1)[1]
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(block)
+
+
+def run_snippet(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "snippet.py"], cwd=folder, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_the_readme_snippet_verifies_a_receipt_with_pyjwt_alone(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]
+) -> None:
+    settings = signed_settings(tmp_path, prefix, [make_key(tmp_path / "receipts.pem").name])
+    cleanup.append(settings)
+    body = new_body()
+    async with run_gateway(settings) as gw:
+        _, answer, _ = await gw.post(body)
+        (tmp_path / "jwks.json").write_text(json.dumps(await jwks_of(gw)))
+    (tmp_path / "receipt.jws").write_text(answer["receipt"])
+    (tmp_path / "snippet.py").write_text(readme_snippet())
+    (tmp_path / "body.xml").write_bytes(body)
+    ok = run_snippet(tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"{answer['message_id']} received at {answer['received_at']}"
+    (tmp_path / "body.xml").write_bytes(body.replace(b"<MessageId>", b"<MessageId> ", 1))
+    bad = run_snippet(tmp_path)
+    assert bad.returncode == 1
+    assert "a receipt for other bytes" in bad.stderr
 
 
 def test_bad_key_files_are_config_errors_naming_the_key_and_the_file(tmp_path: Path) -> None:
