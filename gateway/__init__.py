@@ -7,6 +7,7 @@ The package follows one message from the partner's POST to the backend, a folder
     broker/         RabbitMQ topology and the confirmed publisher (the publishing connection)
     delivery/       consumer connection, per-destination workers, circuit, retries, parking
     operations/     what ops do to messages afterwards: replay, the admin API, history, report, reconcile
+    inbox/          pull inboxes: leases and acknowledgements, GET /v1/inbox and POST /v1/inbox/ack
     observability/  metrics, logs, problem+json answers
     settings/       the TOML config: model, reader, cross-table checks
     runtime/        create_app, serving, health: the only code that wires the stages together

@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     messages.add_commands(sub, common)
     report.add_command(sub, common)
     reconcile.add_command(sub, common)
+    from gateway.tools import inbox_client
+
+    inbox_client.add_command(sub, common)  # swgw inbox pull
     from gateway.tools import receipts
 
     receipts.add_command(sub, common)  # swgw verify-receipt

@@ -167,7 +167,7 @@ async def delete_topology(settings: Settings, url: str = RABBIT_URL) -> None:
     conn = await aio_pika.connect(url)
     async with conn:
         for dest in settings.destinations:
-            for q in (names.queue(dest.id), names.parking(dest.id)):
+            for q in (names.queue(dest.id), names.parking(dest.id), names.leased(dest.id)):
                 ch = await conn.channel()
                 with contextlib.suppress(Exception):
                     await ch.queue_delete(q)

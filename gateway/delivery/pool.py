@@ -40,8 +40,11 @@ class Delivery:
         self.broker = broker
         self.metrics = metrics
         self.connection = connection
+        # An inbox (kind = "inbox") has no HTTP backend: its partner pulls (gateway/inbox/).
         self.workers = {
-            d.id: DestinationWorker(d, broker, self.connection, metrics, journal=journal) for d in destinations
+            d.id: DestinationWorker(d, broker, self.connection, metrics, journal=journal)
+            for d in destinations
+            if not d.is_inbox
         }
         self._connection_task: asyncio.Task[None] | None = None
 

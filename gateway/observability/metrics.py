@@ -257,6 +257,47 @@ class Metrics:
             registry=r,
         )
 
+        # pull inboxes (gateway/inbox/): depth gauges are read from the broker (max across replicas)
+        self.inbox_messages = Gauge(
+            "swgw_inbox_messages",
+            "Messages in a pull inbox: waiting (not leased) and leased (pulled, lease running; an acknowledged "
+            "message stays counted until its lease ends).",
+            ["inbox", "state"],
+            registry=r,
+        )
+        self.inbox_oldest_seen = Gauge(
+            "swgw_inbox_oldest_message_received_timestamp_seconds",
+            "received_at of the oldest message the last poll of this inbox handed out (its head), 0 once the "
+            "inbox is empty; time() minus it is the oldest message's age.",
+            ["inbox"],
+            registry=r,
+        )
+        self.inbox_last_poll = Gauge(
+            "swgw_inbox_last_poll_timestamp_seconds",
+            "When the partner last polled its inbox on this replica (the replica's start time before any poll).",
+            ["inbox"],
+            registry=r,
+        )
+        self.inbox_unpolled_alert = Gauge(
+            "swgw_inbox_unpolled_alert_seconds",
+            "The inbox's unpolled_alert_s: SwgwInboxNotPolled fires when it holds messages and nobody polled "
+            "for this long.",
+            ["inbox"],
+            registry=r,
+        )
+        self.inbox_leased = Counter(
+            "swgw_inbox_leased_total", "Messages handed to the partner under a lease.", ["inbox"], registry=r
+        )
+        self.inbox_acked = Counter(
+            "swgw_inbox_acknowledged_total", "Leased messages the partner acknowledged.", ["inbox"], registry=r
+        )
+        self.inbox_leases_expired = Counter(
+            "swgw_inbox_leases_expired_total",
+            "Leases that ended without an acknowledgement, counted when the message is offered again.",
+            ["inbox"],
+            registry=r,
+        )
+
 
 async def metrics_handler(_: web.Request, metrics: Metrics) -> web.Response:
     resp = web.Response(body=generate_latest(metrics.registry))

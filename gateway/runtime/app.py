@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from gateway.broker.publisher import Broker
 from gateway.delivery.connection import ConsumerConnection
 from gateway.delivery.pool import Delivery
+from gateway.inbox.api import InboxApi, Inboxes
 from gateway.intake import rules
 from gateway.intake.dedup.policy import Deduplicator
 from gateway.intake.handler import Ingress
@@ -87,6 +88,7 @@ def create_app(
     app[BROKER] = broker
     app[VALIDATOR] = validator
     app[JOURNAL] = journal.writer
+    inboxes = Inboxes(settings, broker, journal.writer, journal.reader, metrics)
     if journal.reader is not None:
         app[JOURNAL_READER] = journal.reader
 
@@ -106,10 +108,14 @@ def create_app(
         poller = spawn_supervised(
             "depth-poller", lambda: broker.poll_depths(DEPTH_POLL_S, after), metrics.task_restarts
         )
+        inbox_poller = spawn_supervised(
+            "inbox-depth-poller", lambda: inboxes.poll_depths(DEPTH_POLL_S), metrics.task_restarts
+        )
         yield
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in (inbox_poller, poller):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if delivery is not None:
             await delivery.stop(delivery_stop_timeout_s)
         await broker.close()
@@ -169,6 +175,16 @@ def create_app(
             receipts=receipt_keys,
         )
         app.router.add_get("/v1/messages/{message_id}", status.handle)
+        # Pull inboxes: the partner's own credentials, its own bucket of inbox requests (gateway/inbox/).
+        inbox_api = InboxApi(
+            inboxes,
+            ingress.auth,
+            PartnerRateLimiter(settings.partners),
+            metrics,
+            retry_after_s=settings.broker.retry_after_s,
+        )
+        app.router.add_get("/v1/inbox", inbox_api.pull)
+        app.router.add_post("/v1/inbox/ack", inbox_api.ack)
         app.router.add_get("/v1/receipt-keys", receipt_keys_view)  # public keys: no credentials needed
     if delivery is not None:
         app[DELIVERY] = delivery

@@ -135,3 +135,30 @@ def security(file: str, server: Server, partners: Sequence[Partner], admin: Admi
     for h in admin.token_hashes:
         if f"token_sha256:{h}" in owner:
             raise ConfigError(file, "admin.token_sha256", "the admin token must not also be a partner token")
+
+
+def inboxes(file: str, dests: Sequence[Destination], partners: Sequence[Partner], journal: JournalSettings) -> None:
+    """Every inbox names a configured partner, one inbox per partner, and the journal is on.
+
+    The journal is where an inbox keeps what the broker cannot answer: which message ids the
+    partner acknowledged (gateway/inbox/lease.py says why), so an inbox without it would
+    offer acknowledged messages again forever.
+    """
+    known = {p.id for p in partners}
+    owner: dict[str, str] = {}
+    for i, dest in enumerate(dests):
+        if not dest.is_inbox:
+            continue
+        where = f"destinations[{i}]"
+        if dest.partner not in known:
+            raise ConfigError(file, f"{where}.partner", f"unknown partner {dest.partner!r}; add it under [[partners]]")
+        other = owner.setdefault(str(dest.partner), dest.id)
+        if other != dest.id:
+            raise ConfigError(file, f"{where}.partner", f"{dest.partner!r} already has the inbox {other!r}")
+        if not journal.enabled:
+            raise ConfigError(
+                file,
+                f"{where}.kind",
+                'an inbox needs the journal (it records acknowledgements): set [dedup] backend = "sqlite" '
+                'or "postgres" and leave [journal] enabled',
+            )

@@ -58,6 +58,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     checks.dedup_timeouts(file, broker, dedup)
     journal = tables.journal(table(doc, file, "journal"), dedup)
     checks.journal(file, dedup, journal)
+    checks.inboxes(file, dests, partners, journal)
     receipts = tables.receipts(table(doc, file, "receipts"), base) if "receipts" in doc else None
     root.done()
 

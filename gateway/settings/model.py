@@ -18,6 +18,9 @@ AUTH_MODES = ("token", "mtls", "both")
 DEDUP_BACKENDS = ("sqlite", "postgres", "none")
 """Where seen MessageIds live; gateway/intake/dedup/policy.py says when to pick which."""
 
+DESTINATION_KINDS = ("http", "inbox")
+"""http: delivery POSTs to `url`; inbox: the partner pulls (gateway/inbox/)."""
+
 
 class Secret:
     """A string that never prints: reprs and str() show `'**********'`."""
@@ -147,6 +150,18 @@ class Destination:
     # Statuses of `health_url` that count as "up"; empty means any 2xx. Anything else
     # (a 405 from a delivery URL, a load balancer's 404 page) keeps the circuit open.
     health_ok_statuses: tuple[int, ...] = ()
+    # kind = "inbox": no HTTP backend; `partner` pulls its messages (GET /v1/inbox,
+    # gateway/inbox/). `lease_s` is how long a pulled message waits for its ack before it is
+    # offered again; `unpolled_alert_s` is how long the inbox may go without a poll while it
+    # holds messages before SwgwInboxNotPolled fires (exported as a gauge for the alert).
+    kind: str = "http"
+    partner: str | None = None
+    lease_s: float = 300.0
+    unpolled_alert_s: float = 3600.0
+
+    @property
+    def is_inbox(self) -> bool:
+        return self.kind == "inbox"
 
     def is_healthy_status(self, status: int) -> bool:
         if self.health_ok_statuses:

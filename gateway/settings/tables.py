@@ -20,6 +20,7 @@ from gateway.settings.hashes import checked_hashes, fingerprints, split_hashes, 
 from gateway.settings.model import (
     AUTH_MODES,
     DEDUP_BACKENDS,
+    DESTINATION_KINDS,
     Admin,
     BrokerSettings,
     Dedup,
@@ -115,9 +116,18 @@ def message_types(doc: Mapping[str, Any], file: str, base: Path) -> tuple[Messag
 def destinations(doc: Mapping[str, Any], file: str) -> tuple[Destination, ...]:
     result = []
     for d in tables(doc, file, "destinations"):
+        kind = d.one_of("kind", DESTINATION_KINDS, "http")
+        if kind == "inbox" and "url" in d.table:
+            raise d.error("url", 'an inbox (kind = "inbox") has no url: its partner pulls with GET /v1/inbox')
+        if kind == "http" and "partner" in d.table:
+            raise d.error("partner", 'only an inbox (kind = "inbox") has a partner')
         dest = Destination(
             id=d.ident("id"),
-            url=d.url("url") or "",
+            url=(d.url("url") or "") if kind == "http" else "",
+            kind=kind,
+            partner=d.ident("partner") if kind == "inbox" else None,
+            lease_s=d.positive("lease_s", float, Destination.lease_s),
+            unpolled_alert_s=d.positive("unpolled_alert_s", float, Destination.unpolled_alert_s),
             timeout_s=d.positive("timeout_s", float, Destination.timeout_s),
             concurrency=d.positive("concurrency", int, Destination.concurrency),
             max_attempts=d.positive("max_attempts", int, Destination.max_attempts),

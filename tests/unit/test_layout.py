@@ -12,6 +12,7 @@ The dependency rule, by stage (a folder of gateway/, or the kernel modules besid
     intake                                            -> kernel, settings, observability, broker, journal
     delivery                                          -> kernel, settings, observability, broker, journal
     operations                                        -> kernel, settings, observability, broker, journal, delivery
+    inbox                                             -> kernel, settings, observability, broker, journal, intake
     runtime                                           -> everything but tools and cli
     tools                                             -> everything but cli
     cli, __main__                                     -> everything
@@ -38,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "intake": BASE | {"settings", "observability", "broker", "journal", "intake"},
     "delivery": BASE | {"settings", "observability", "broker", "journal", "delivery"},
     "operations": BASE | {"settings", "observability", "broker", "journal", "delivery", "operations"},
+    "inbox": BASE | {"settings", "observability", "broker", "journal", "intake", "inbox"},
 }
 ALLOWED["runtime"] = set().union(*ALLOWED.values()) | {"runtime"}
 ALLOWED["tools"] = ALLOWED["runtime"] | {"tools"}
