@@ -4,7 +4,8 @@ It starts one backend simulator per destination of the example config (ops/gatew
 and the gateway itself, then narrates: a realistic mix of every message type accepted
 and delivered; bad input refused with precise errors; a backend outage absorbed (circuit
 open, backlog held in RabbitMQ) and drained after recovery with nothing lost; a rejected
-message parked and replayed; a re-sent message answered as a duplicate. `--keep-running`
+message parked and replayed; a re-sent message answered as a duplicate, with the same signed
+receipt (signed with a key made for the run, unless the config names one). `--keep-running`
 leaves everything up afterwards for curl and `swgw status`.
 
 Everything it needs ships in the package: the example messages (gateway/schemas, a link to
@@ -28,11 +29,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.credentials import token_hash
 from gateway.intake.validation import MESSAGE_SET, packaged
+from gateway.receipts import KeyRing, verify
 from gateway.runtime.app import BROKER, DELIVERY, create_app
-from gateway.settings.model import Settings
+from gateway.settings.model import ReceiptSettings, Settings
 from gateway.tools.simulator import Simulator
 
 EXAMPLES = MESSAGE_SET / "examples"
@@ -243,6 +247,12 @@ class Demo:
         again = await self.post(s, body, sender)
         say(f"  first: {first[0]} received_at={first[1].get('received_at')}")
         say(f"  again: {again[0]} received_at={again[1].get('received_at')} duplicate={again[1].get('duplicate')}")
+        if self.settings.receipts is not None and "receipt" in again[1]:
+            jwks = KeyRing.load(self.settings.receipts.signing_keys).jwks()  # what GET /v1/receipt-keys publishes
+            claims = verify(again[1]["receipt"], jwks, body=body)
+            same = again[1]["receipt"] == first[1].get("receipt")
+            digest = claims["body_sha256"][:16]
+            say(f"  signed receipt verifies for these bytes: body_sha256={digest}..., same as the first's: {same}")
 
 
 def run(settings: Settings, *, keep_running: bool = False) -> int:
@@ -250,4 +260,12 @@ def run(settings: Settings, *, keep_running: bool = False) -> int:
         if settings.dedup.backend == "sqlite":
             dedup = dataclasses.replace(settings.dedup, path=Path(scratch) / settings.dedup.path.name)
             settings = dataclasses.replace(settings, dedup=dedup)
+        if settings.receipts is None:  # a key made for this run only: no private key ships with swgw
+            key = Path(scratch) / "demo-receipts.pem"
+            key.write_bytes(
+                ed25519.Ed25519PrivateKey.generate().private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            settings = dataclasses.replace(settings, receipts=ReceiptSettings(signing_keys=(key,)))
         return asyncio.run(Demo(settings, keep_running).main())

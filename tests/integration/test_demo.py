@@ -73,4 +73,6 @@ async def test_the_demo_tells_the_whole_story(tmp_path: Path, rabbit_url: str, p
     assert "reason=rejected status=400" in out
     assert re.search(r"replayed [1-9]\d*, all delivered", out)
     assert "duplicate=True" in out
+    assert "signed receipt verifies for these bytes: body_sha256=" in out
+    assert "same as the first's: True" in out
     assert "demo finished" in out
