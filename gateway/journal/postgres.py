@@ -12,19 +12,19 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import StoreError
 from gateway.journal import postgres_schema as schema
 from gateway.journal import queries
-from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page
-from gateway.journal.queries import Dialect, Key, Query
+from gateway.journal.model import Event
+from gateway.journal.queries import Dialect, Query
+from gateway.journal.reading import StoreReading
 from gateway.journal.store import (
     JOURNAL_ON,
     PURGE_BATCH,
-    WINDOW_CHUNK,
     Arrival,
     Claimed,
     ClaimResult,
@@ -58,7 +58,7 @@ MONTHS_AHEAD = 2
 """Event partitions made ahead of the current month, so no insert waits for a CREATE."""
 
 
-class PostgresStore:
+class PostgresStore(StoreReading):
     """Seen ids and the journal in PostgreSQL, shared by every replica.
 
     The pool opens connections on demand (`min_size=0`), so a gateway started while
@@ -67,6 +67,8 @@ class PostgresStore:
     becomes a 503, never a hung partner request; schema work and partition drops have
     MAINTENANCE_TIMEOUT_S. `purge_batch` records go per DELETE.
     """
+
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -330,60 +332,3 @@ class PostgresStore:
         await self._ensure_schema()
         rows: list[Any] = await self._call(lambda c: c.fetch(sql, *args))
         return rows
-
-    async def message(self, sender: str, message_id: str) -> MessageRecord | None:
-        rows = await self._fetch(
-            f'SELECT {queries.RECORD} FROM "{self.table}" WHERE sender = $1 AND message_id = $2', (sender, message_id)
-        )
-        return queries.record(rows[0], DIALECT) if rows else None
-
-    async def history(self, sender: str, message_id: str) -> list[Event]:
-        q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.table, self.events_table, q, sender, message_id), q.args)
-        return [queries.event(r, DIALECT) for r in rows]
-
-    async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
-        q = Query(DIALECT)
-        rows = await self._fetch(queries.search_sql(self.table, q, flt, cursor, limit), q.args)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        last = queries.encode_cursor(queries.record_key(rows[-1], DIALECT)) if more else None
-        return Page([queries.record(r, DIALECT) for r in rows], last)
-
-    async def window(self, since: float, until: float, destination: str | None = None) -> AsyncIterator[MessageRecord]:
-        after: Key | None = None
-        while True:
-            q = Query(DIALECT)
-            sql = queries.window_sql(self.table, q, since, until, destination, after, WINDOW_CHUNK)
-            rows = await self._fetch(sql, q.args)
-            for row in rows:
-                yield queries.record(row, DIALECT)
-            if len(rows) < WINDOW_CHUNK:
-                return
-            after = queries.record_key(rows[-1], DIALECT)
-
-    async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
-        q = Query(DIALECT)
-        rows = await self._fetch(
-            queries.destination_events_sql(self.events_table, q, since, until, destination), q.args
-        )
-        return [queries.event(r, DIALECT) for r in rows]
-
-    async def events(
-        self,
-        since: float,
-        until: float,
-        *,
-        kinds: Sequence[EventKind] | None = None,
-        destination: str | None = None,
-    ) -> AsyncIterator[Event]:
-        after: tuple[float, int] | None = None
-        while True:
-            q = Query(DIALECT)
-            sql = queries.events_sql(self.events_table, q, since, until, kinds, destination, after, WINDOW_CHUNK)
-            rows = await self._fetch(sql, q.args)
-            for row in rows:
-                yield queries.event(row, DIALECT)
-            if len(rows) < WINDOW_CHUNK:
-                return
-            after = (DIALECT.time_out(rows[-1][1]), rows[-1][9])

@@ -12,19 +12,19 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
 from gateway.journal import queries
-from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page
-from gateway.journal.queries import Dialect, Key, Query
+from gateway.journal.model import Event
+from gateway.journal.queries import Dialect, Query
+from gateway.journal.reading import StoreReading
 from gateway.journal.sqlite_schema import create_schema
 from gateway.journal.store import (
     JOURNAL_ON,
     PURGE_BATCH,
-    WINDOW_CHUNK,
     Arrival,
     Claimed,
     ClaimResult,
@@ -39,7 +39,7 @@ from gateway.timeutil import Clock
 DIALECT = Dialect(numbered=False, time_in=float, time_out=float)
 
 
-class SqliteStore:
+class SqliteStore(StoreReading):
     """Seen ids and the journal in a local SQLite file.
 
     One connection, used from worker threads under a lock: the lock is taken inside the
@@ -49,6 +49,8 @@ class SqliteStore:
     may lose the last commits (README: what can be missing after which crash).
     `purge_batch` rows go per purge transaction, so a purge never holds the file for long.
     """
+
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -265,60 +267,3 @@ class SqliteStore:
     async def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
         rows: list[Any] = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return rows
-
-    async def message(self, sender: str, message_id: str) -> MessageRecord | None:
-        rows = await self._fetch(
-            f'SELECT {queries.RECORD} FROM "{self.table}" WHERE sender = ? AND message_id = ?', (sender, message_id)
-        )
-        return queries.record(rows[0], DIALECT) if rows else None
-
-    async def history(self, sender: str, message_id: str) -> list[Event]:
-        q = Query(DIALECT)
-        rows = await self._fetch(queries.history_sql(self.table, self.events_table, q, sender, message_id), q.args)
-        return [queries.event(r, DIALECT) for r in rows]
-
-    async def search(self, flt: MessageFilter, *, cursor: str | None = None, limit: int = 100) -> Page:
-        q = Query(DIALECT)
-        rows = await self._fetch(queries.search_sql(self.table, q, flt, cursor, limit), q.args)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        last = queries.encode_cursor(queries.record_key(rows[-1], DIALECT)) if more else None
-        return Page([queries.record(r, DIALECT) for r in rows], last)
-
-    async def window(self, since: float, until: float, destination: str | None = None) -> AsyncIterator[MessageRecord]:
-        after: Key | None = None
-        while True:
-            q = Query(DIALECT)
-            sql = queries.window_sql(self.table, q, since, until, destination, after, WINDOW_CHUNK)
-            rows = await self._fetch(sql, q.args)
-            for row in rows:
-                yield queries.record(row, DIALECT)
-            if len(rows) < WINDOW_CHUNK:
-                return
-            after = queries.record_key(rows[-1], DIALECT)
-
-    async def destination_events(self, since: float, until: float, destination: str | None = None) -> list[Event]:
-        q = Query(DIALECT)
-        rows = await self._fetch(
-            queries.destination_events_sql(self.events_table, q, since, until, destination), q.args
-        )
-        return [queries.event(r, DIALECT) for r in rows]
-
-    async def events(
-        self,
-        since: float,
-        until: float,
-        *,
-        kinds: Sequence[EventKind] | None = None,
-        destination: str | None = None,
-    ) -> AsyncIterator[Event]:
-        after: tuple[float, int] | None = None
-        while True:
-            q = Query(DIALECT)
-            sql = queries.events_sql(self.events_table, q, since, until, kinds, destination, after, WINDOW_CHUNK)
-            rows = await self._fetch(sql, q.args)
-            for row in rows:
-                yield queries.event(row, DIALECT)
-            if len(rows) < WINDOW_CHUNK:
-                return
-            after = (DIALECT.time_out(rows[-1][1]), rows[-1][9])

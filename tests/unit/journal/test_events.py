@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from gateway.errors import StoreError
-from gateway.journal import postgres, sqlite
+from gateway.journal import reading
 from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Status
 from gateway.journal.postgres import PostgresStore
 from gateway.journal.queries import InvalidCursor
@@ -207,8 +207,7 @@ async def test_a_cursor_this_journal_did_not_hand_out_is_refused(stores: Stores)
 async def test_a_window_streams_every_message_oldest_first_in_chunks(
     stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite, "WINDOW_CHUNK", 4)
-    monkeypatch.setattr(postgres, "WINDOW_CHUNK", 4)
+    monkeypatch.setattr(reading, "WINDOW_CHUNK", 4)  # both stores page through reading.py
     store = await stores.started()
     await _messages(store, 21)
     fetches: list[int] = []
@@ -268,8 +267,7 @@ async def test_destination_events_are_the_window_s_circuit_changes_and_the_state
 async def test_events_of_a_window_stream_oldest_first_filtered_by_kind_and_destination(
     stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite, "WINDOW_CHUNK", 3)
-    monkeypatch.setattr(postgres, "WINDOW_CHUNK", 3)
+    monkeypatch.setattr(reading, "WINDOW_CHUNK", 3)
     store = await stores.started()
     await store.write([ev(EventKind.DUPLICATE, T0 + i, f"M-{i}") for i in range(5)])
     await store.write([ev(EventKind.DUPLICATE, T0 + 2, "SAME-TIME")])  # a tie: written order
