@@ -8,7 +8,10 @@ a lease's end is shown by the message coming back to a long poll.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from tests.helpers import (
     config_doc,
     run_gateway,
     sha,
+    until,
     with_message_id,
     write_settings,
 )
@@ -226,3 +230,44 @@ async def test_the_reference_client_writes_then_acknowledges(gw: RunningGateway,
     for mid, body in bodies.items():
         assert (folder / inbox_client.file_name({"sender": "VN-NSW", "message_id": mid})).read_bytes() == body
     assert [await journal_status(gw, mid) for mid in ("CLI-1", "CLI-2")] == ["delivered"] * 2
+
+
+async def test_the_command_line_client_pulls_into_a_folder(gw: RunningGateway, tmp_path: Path) -> None:
+    body = await send(gw, "TH-NSW", "CMD-1")
+    folder = tmp_path / "cmd-inbox"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "gateway", "inbox", "pull", "--url", gw.url, "--token-env", "TH_TOKEN", "--to", str(folder)),
+        *("--wait-s", "0"),
+        env={**os.environ, "TH_TOKEN": OTHER_TOKEN},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert out.decode().strip().endswith("1 message(s) written to " + str(folder) + ", 1 acknowledged")
+    assert (folder / "VN-NSW__CMD-1.xml").read_bytes() == body
+    assert await journal_status(gw, "CMD-1") == "delivered"
+
+
+async def test_inbox_gauges_tell_depth_age_and_last_poll(gw: RunningGateway) -> None:
+    labels = {"inbox": "th-inbox"}
+    assert gw.metric("swgw_inbox_unpolled_alert_seconds", labels) == 3600
+    started = gw.metric("swgw_inbox_last_poll_timestamp_seconds", labels)
+    assert started > 0  # the replica's start: SwgwInboxNotPolled counts from there until a first poll
+    await send(gw, "TH-NSW", "GAUGE-1")
+    await send(gw, "TH-NSW", "GAUGE-2")
+    (_, got) = await pull(gw, OTHER_TOKEN, limit=1)
+    assert [m["message_id"] for m in got["messages"]] == ["GAUGE-1"]
+    assert gw.metric("swgw_inbox_last_poll_timestamp_seconds", labels) >= started
+    oldest = gw.metric("swgw_inbox_oldest_message_received_timestamp_seconds", labels)
+    assert oldest == datetime.fromisoformat(got["messages"][0]["received_at"]).timestamp()
+
+    def depth(state: str) -> float:
+        return gw.metric("swgw_inbox_messages", {"inbox": "th-inbox", "state": state})
+
+    await until(lambda: (depth("waiting"), depth("leased")) == (1, 1), what="1 waiting and 1 leased reported")
+    await ack(gw, OTHER_TOKEN, ["GAUGE-1"])
+    (_, rest) = await pull(gw, OTHER_TOKEN)
+    await ack(gw, OTHER_TOKEN, [m["message_id"] for m in rest["messages"]])
+    assert (await queue_counts(gw, "th-inbox"))[0] == 0
