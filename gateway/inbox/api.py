@@ -29,10 +29,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aio_pika.exceptions import AMQPError
 from aiohttp import web
 
 from gateway.broker.publisher import Broker
-from gateway.errors import IngressError, InvalidQuery, JournalUnavailable, StoreError, Unauthenticated
+from gateway.errors import (
+    BrokerUnavailable,
+    IngressError,
+    InvalidQuery,
+    JournalUnavailable,
+    StoreError,
+    Unauthenticated,
+)
 from gateway.inbox.lease import MAX_ACK_IDS, MAX_LIMIT, MAX_WAIT_S, Inbox
 from gateway.intake.identity import Authenticator
 from gateway.intake.limits import PartnerRateLimiter
@@ -125,6 +133,12 @@ class InboxApi:
         wait_s = _number(request.query, "wait_s", float, 0.0, 0.0, MAX_WAIT_S)
         try:
             messages = await inbox.lease(limit, wait_s)
+        except (AMQPError, ConnectionError, TimeoutError) as exc:  # the broker went away mid-lease
+            log.warning("inbox lease failed: %s", exc, extra={"event": "inbox_failed", "inbox": inbox.dest.id})
+            raise BrokerUnavailable(
+                "The message broker did not answer; nothing was lost: poll again after the Retry-After delay.",
+                retry_after_s=self.retry_after_s,
+            ) from exc
         except StoreError as exc:
             log.warning("inbox lease failed: %s", exc, extra={"event": "inbox_failed", "inbox": inbox.dest.id})
             raise JournalUnavailable(

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker.publisher import Broker
-from gateway.errors import BrokerUnavailable
+from gateway.errors import BrokerUnavailable, StoreError
 from gateway.journal.model import Event, EventKind, JournalReader, JournalWriter, Status
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
@@ -73,6 +73,8 @@ MAX_BATCH_BYTES = 16_000_000
 """A GET stops taking messages once their bodies reach this much (it always takes one)."""
 MAX_ACK_IDS = 1000
 """The most ids one POST /v1/inbox/ack may name."""
+COMMIT_TIMEOUT_S = 10.0
+"""How long a request waits for its journal event's commit before answering 503."""
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,19 @@ class Inbox:
                 "The message broker is not reachable; retry after the Retry-After delay.",
                 retry_after_s=self.broker.settings.broker.retry_after_s,
             )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait_s, MAX_WAIT_S)
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         try:
             queue = await channel.get_queue(self.queue_name, ensure=False)
             taken = await self._take(channel, queue, limit)
-            if not taken and wait_s > 0:
-                first = await self._wait(channel, queue, min(wait_s, MAX_WAIT_S))
-                if first is not None:
-                    one = await self._lease_one(channel, first)
-                    taken = ([one] if one is not None else []) + await self._take(channel, queue, limit - 1)
+            while not taken and loop.time() < deadline:
+                first = await self._wait(channel, queue, deadline - loop.time())
+                if first is None:
+                    break
+                one = await self._lease_one(channel, first)  # None: an acknowledged copy, dropped; wait on
+                if one is not None:
+                    taken = [one, *await self._take(channel, queue, limit - 1)]
             times = [t for t in (unix_or_none(m.received_at) for m in taken) if t is not None]
             if times:
                 # The oldest message this poll saw: the queue's head, or an expired lease behind it.
@@ -194,9 +200,11 @@ class Inbox:
         copy = message.to_amqp()
         copy.expiration = self.dest.lease_s  # seconds; aio-pika sends milliseconds
         copy.headers["x-swgw-lease-deadline"] = iso_unix(deadline) or ""
-        await channel.default_exchange.publish(copy, routing_key=self.leased_name, mandatory=True)  # confirmed
+        await channel.default_exchange.publish(
+            copy, routing_key=self.leased_name, mandatory=True, timeout=self.broker.settings.broker.confirm_timeout_s
+        )  # confirmed: only then is the original acked
         await incoming.ack()
-        await self.writer.record(
+        await self._commit(
             Event(
                 EventKind.ATTEMPT,
                 time.time(),
@@ -208,6 +216,19 @@ class Inbox:
         )
         self.metrics.inbox_leased.labels(self.dest.id).inc()
         return message
+
+    async def _commit(self, event: Event) -> None:
+        """Journal `event` and wait for its commit, bounded: a store that is down answers 503, not a hung request.
+
+        A timeout does not take the event back: the writer still commits it when the store
+        returns (a lease then reads as leased, an acknowledgement as delivered), and repeating
+        either is harmless.
+        """
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await self.writer.record(event)
+        except TimeoutError as exc:
+            raise StoreError(f"the journal did not commit within {COMMIT_TIMEOUT_S:g}s") from exc
 
     async def _acknowledged(self, message: QueuedMessage) -> bool:
         record = await self.reader.message(message.sender, message.message_id)
@@ -226,7 +247,7 @@ class Inbox:
                 if record.status == Status.DELIVERED:
                     found = True
                 elif record.status == Status.DELIVERING:  # leased at least once: the partner has seen it
-                    await self.writer.record(
+                    await self._commit(
                         Event(
                             EventKind.DELIVERED,
                             time.time(),

@@ -118,6 +118,8 @@ class AdminApi:
     def _worker(self, dest: str) -> Any:
         if self.delivery is None:
             raise web.HTTPConflict(text="this replica runs no delivery workers (--role ingress)")
+        if dest not in self.delivery.workers:  # a pull inbox (kind = "inbox"): its partner fetches, no worker
+            raise web.HTTPConflict(text=f"{dest} is a pull inbox: it has no delivery worker to pause or resume")
         return self.delivery.workers[dest]
 
     async def pause(self, request: web.Request) -> web.Response:

@@ -19,8 +19,10 @@ import aio_pika
 import pytest
 
 from gateway.broker.topology import Names
+from gateway.runtime.app import DELIVERY
 from gateway.tools import inbox_client
 from tests.helpers import (
+    ADMIN_TOKEN,
     CUSDEC_BODY,
     OTHER_TOKEN,
     TOKEN,
@@ -271,3 +273,35 @@ async def test_inbox_gauges_tell_depth_age_and_last_poll(gw: RunningGateway) -> 
     (_, rest) = await pull(gw, OTHER_TOKEN)
     await ack(gw, OTHER_TOKEN, [m["message_id"] for m in rest["messages"]])
     assert (await queue_counts(gw, "th-inbox"))[0] == 0
+
+
+async def test_an_inbox_has_no_delivery_worker_and_the_admin_api_says_so(gw: RunningGateway) -> None:
+    assert set(gw.app[DELIVERY].workers) == set()  # both destinations are inboxes: no HTTP worker
+    async with gw.session.post(
+        f"{gw.url}/admin/destinations/th-inbox/pause", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as r:
+        assert r.status == 409
+        assert "pull inbox" in await r.text()
+
+
+async def test_a_long_poll_waits_on_past_an_acknowledged_copy(short_gw: RunningGateway) -> None:
+    gw = short_gw  # lease_s = 1
+    await send(gw, "TH-NSW", "SKIP-1")
+    (_, got) = await pull(gw, OTHER_TOKEN)
+    await ack(gw, OTHER_TOKEN, [m["message_id"] for m in got["messages"]])
+    # The acknowledged copy comes back within this poll and is dropped; the poll keeps waiting
+    # and returns the next message, sent once the copy is gone.
+    polling = asyncio.create_task(pull(gw, OTHER_TOKEN, wait_s=LONG_WAIT_S))
+    await until_queues(gw, "th-inbox", lambda waiting, leased, consumers: (waiting, leased, consumers) == (0, 0, 1))
+    assert not polling.done(), polling.result()
+    await send(gw, "TH-NSW", "SKIP-2")
+    (_, answer) = await asyncio.wait_for(polling, timeout=LONG_WAIT_S - 5)
+    assert [m["message_id"] for m in answer["messages"]] == ["SKIP-2"]
+
+
+async def until_queues(gw: RunningGateway, inbox: str, ok: Any) -> None:
+    for _ in range(400):
+        if ok(*await queue_counts(gw, inbox)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{inbox}: {await queue_counts(gw, inbox)}")
