@@ -305,3 +305,20 @@ async def until_queues(gw: RunningGateway, inbox: str, ok: Any) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{inbox}: {await queue_counts(gw, inbox)}")
+
+
+async def test_a_leased_copy_carries_its_lease_as_a_ttl_and_a_deadline(gw: RunningGateway) -> None:
+    body = await send(gw, "TH-NSW", "TTL-1")
+    await pull(gw, OTHER_TOKEN)
+    conn = await aio_pika.connect(gw.settings.broker.url.reveal())
+    async with conn:
+        ch = await conn.channel()
+        leased = await ch.get_queue(Names(gw.settings.broker.prefix).leased("th-inbox"), ensure=False)
+        copy = await leased.get(no_ack=False)
+        try:
+            assert copy.body == body
+            assert copy.expiration == 300  # lease_s, sent as 300000 ms: the broker returns it after that
+            assert (copy.headers or {})["x-swgw-message-id"] == "TTL-1"
+            assert (copy.headers or {})["x-swgw-lease-deadline"]
+        finally:
+            await copy.nack(requeue=True)
