@@ -40,6 +40,15 @@ What a crash (SIGKILL of any replica, at any point) can do:
 Lease deadlines survive a gateway restart because the broker owns them; a broker restart
 keeps both queues (quorum, durable) and their messages' TTLs.
 
+Replicas: every step above is a broker operation or a journal commit, so any number of
+replicas can serve one inbox at once (basic.get hands each message to one of them). They
+must share the journal, as they already share dedup: PostgreSQL, or one SQLite file on one
+host (gateway/intake/dedup/policy.py). Keeping the lease itself in the journal instead (a row
+per leased message, the message acked out of RabbitMQ) was rejected: the message would then
+live in the journal store, which is not the durable queue the issue asks for and which
+retention purges; and a store-side deadline needs a sweeper process, where the broker's
+dead-lettering is one already.
+
 Cost: an acknowledged message stays in the leased queue until its lease ends, and is then
 dropped by the next poll; `swgw_inbox_messages{state="leased"}` counts it meanwhile.
 """
