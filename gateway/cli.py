@@ -373,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.tools import status
 
-    p = sub.add_parser("status", help="one screen per destination: state, backlog, parked, delivery rate, last success")
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="one screen per destination: state, backlog, parked, delivery rate, last success",
+    )
     status.add_arguments(p)
     p.set_defaults(func=status.main)
 

@@ -1,6 +1,6 @@
 """`swgw status`: one screen per destination for an operator who only has a terminal.
 
-    $ SWGW_ADMIN_TOKEN=... swgw status --url http://127.0.0.1:8080
+    $ SWGW_ADMIN_TOKEN=... swgw status --config gateway.toml
     DESTINATION  STATE   SINCE  BACKLOG  PARKED  DELIVERED/S  LAST SUCCESS
     vnaccs       OPEN    2h03m    1,000       0          0.0  2h04m ago
     ecoo         closed  3d04h        0       2         12.5  3s ago
@@ -9,6 +9,15 @@ It reads the admin API (`GET /admin/destinations`, admin bearer token) twice, `-
 seconds apart, and turns the growth of each worker's `delivered_total` into a delivery
 rate; `--watch` keeps refreshing, reusing the previous sample. It needs no Prometheus,
 which is the point: during an incident the monitoring may be what is broken.
+
+Where to ask, like every subcommand, comes from `--config` ($SWGW_CONFIG, then
+./gateway.toml): the admin listener (`[admin] host`/`port`, or the partner listener when the
+admin API shares it; https when `[server]` has TLS; a wildcard host means this machine).
+`--url` overrides it and then no config is read. The token itself cannot come from the
+config, which holds only its sha256: it is read from `--admin-token-file` (a mounted secret)
+or else the environment variable `--admin-token-env` (default SWGW_ADMIN_TOKEN), never from
+an argument, so it shows in neither `ps` nor shell history. With a config, a token whose
+hash the config does not accept is refused before any request.
 
 What the numbers cover: backlog and parked are read from the broker, so they are the
 whole system's. State, delivered/s and last success are the replica that answered (each
@@ -30,7 +39,9 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from gateway.errors import GatewayError
+from gateway.credentials import token_hash
+from gateway.errors import ConfigError, GatewayError
+from gateway.settings.model import Settings
 from gateway.timeutil import parse_iso_or_none
 
 _CLEAR = "\033[H\033[2J"
@@ -222,13 +233,41 @@ async def run(
             return
 
 
+_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def admin_url(settings: Settings) -> str:
+    """The admin API's base URL as the config describes it, seen from this machine."""
+    if settings.admin.port is not None:  # its own listener, on [admin] host or else [server] host
+        host, port = settings.admin.host or settings.server.host, settings.admin.port
+    else:  # the admin routes share the partner listener
+        host, port = settings.server.host, settings.server.port
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    scheme = "https" if settings.server.tls_cert is not None else "http"  # both listeners share the TLS context
+    return f"{scheme}://{host}:{port}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="gateway (or its admin listener) base URL")
+    """`--config` comes from the CLI's common parent, as for every subcommand."""
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="admin API base URL; overrides the one the config describes (then no config is read)",
+    )
     parser.add_argument(
         "--admin-token-env",
         default="SWGW_ADMIN_TOKEN",
         metavar="VAR",
         help="environment variable holding the admin token (default: SWGW_ADMIN_TOKEN); never pass it as an argument",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the admin token (e.g. a mounted secret); wins over --admin-token-env",
     )
     parser.add_argument(
         "--interval",
@@ -240,16 +279,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
 
 
-def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
-    """Entry point for `swgw status`. The token comes from the environment so it never
-    shows in `ps` or shell history; this is the command line's edge, where reading the
-    environment belongs."""
-    token = os.environ.get(args.admin_token_env, "").strip()
-    if not token:
-        print(f"status: set {args.admin_token_env} to the admin token", file=sys.stderr)
-        return 2
+def _token(args: argparse.Namespace) -> str | None:
+    if args.admin_token_file:
+        try:
+            with open(args.admin_token_file, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise StatusError(f"cannot read --admin-token-file {args.admin_token_file}: {exc.strerror}") from exc
+    return os.environ.get(args.admin_token_env, "").strip() or None
+
+
+def _url_from_config(config: str, token: str) -> str:
+    from gateway.settings.load import load_settings  # only when no --url: reading a config costs a little
+
     try:
-        asyncio.run(run(args.url, token, interval_s=args.interval, watch=args.watch, out=out or sys.stdout))
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise StatusError(f"{exc}; or give the admin API's address with --url") from exc
+    if not settings.admin.token_hashes:
+        raise StatusError(f"{settings.path}: the admin API is disabled; set [admin] token_sha256")
+    if token_hash(token) not in settings.admin.token_hashes:
+        raise StatusError(f"{settings.path}: [admin] token_sha256 does not accept this token; is it the admin token?")
+    return admin_url(settings)
+
+
+def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Entry point for `swgw status`. The token comes from a file or the environment so it
+    never shows in `ps` or shell history; this is the command line's edge, where reading the
+    environment belongs."""
+    try:
+        token = _token(args)
+        if token is None:
+            where = (
+                f"put the admin token in {args.admin_token_file}"
+                if args.admin_token_file
+                else f"set {args.admin_token_env} to the admin token"
+            )
+            print(f"status: {where}", file=sys.stderr)
+            return 2
+        url = args.url or _url_from_config(getattr(args, "config", None) or "gateway.toml", token)
+        asyncio.run(run(url, token, interval_s=args.interval, watch=args.watch, out=out or sys.stdout))
     except StatusError as exc:
         print(f"status: {exc}", file=sys.stderr)
         return 1

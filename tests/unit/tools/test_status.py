@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from gateway import cli
+from gateway.settings.load import load_settings
 from gateway.tools import status
 from gateway.tools.status import Row, StatusError
-from tests.helpers import free_port
+from tests.helpers import config_doc, free_port, sha, to_toml
 
 NOW = datetime(2026, 11, 23, 8, 15, 2, tzinfo=UTC)
 ADMIN = "admin-token-for-status"
@@ -217,3 +221,80 @@ def test_main_reports_an_unreachable_gateway_and_exits_1(
     err = capsys.readouterr().err
     assert err.startswith("status: cannot reach http://127.0.0.1:")
     assert ADMIN not in err
+
+
+# -- where to ask: the config, like every subcommand -------------------------------------------------
+
+
+def _config(tmp_path: Path, admin: dict[str, Any] | None = None, server: dict[str, Any] | None = None) -> Path:
+    doc = config_doc("status-test", server={"port": 8181, **(server or {})})
+    doc["admin"] = {"token_sha256": sha(ADMIN), **(admin or {})}
+    path = tmp_path / "gateway.toml"
+    path.write_text(to_toml(doc), encoding="utf-8")
+    return path
+
+
+def test_admin_url_is_the_admin_listener_or_the_shared_port_seen_from_here(tmp_path: Path) -> None:
+    shared = load_settings(_config(tmp_path), env={})
+    assert status.admin_url(shared) == "http://127.0.0.1:8181"
+    own = load_settings(_config(tmp_path, admin={"host": "10.1.2.3", "port": 9191}), env={})
+    assert status.admin_url(own) == "http://10.1.2.3:9191"
+    wildcard = load_settings(_config(tmp_path, admin={"port": 9191}, server={"host": "0.0.0.0"}), env={})
+    assert status.admin_url(wildcard) == "http://127.0.0.1:9191"
+    v6 = replace(own, admin=replace(own.admin, host="::1"))
+    assert status.admin_url(v6) == "http://[::1]:9191"
+    tls = replace(own, server=replace(own.server, tls_cert=tmp_path / "cert.pem"))
+    assert status.admin_url(tls) == "https://10.1.2.3:9191"
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """status.run replaced by a recorder: which URL with which token."""
+    seen: list[tuple[str, str]] = []
+
+    async def fake_run(url: str, token: str, **_: Any) -> None:
+        seen.append((url, token))
+
+    monkeypatch.setattr(status, "run", fake_run)
+    return seen
+
+
+def test_status_takes_config_like_every_subcommand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], asked: list[tuple[str, str]]
+) -> None:
+    path = _config(tmp_path, admin={"port": 9191})
+    monkeypatch.setenv("SWGW_ADMIN_TOKEN", ADMIN)
+    assert cli.main(["status", "--config", str(path), "--interval", "0"]) == 0
+    monkeypatch.setenv("SWGW_CONFIG", str(path))  # and $SWGW_CONFIG, then ./gateway.toml
+    assert cli.main(["status", "--interval", "0"]) == 0
+    monkeypatch.delenv("SWGW_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["status", "--interval", "0"]) == 0
+    assert asked == [("http://127.0.0.1:9191", ADMIN)] * 3
+
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN + "\n", encoding="utf-8")
+    monkeypatch.delenv("SWGW_ADMIN_TOKEN")
+    assert cli.main(["status", "--admin-token-file", str(token_file), "--interval", "0"]) == 0
+    assert asked[-1] == ("http://127.0.0.1:9191", ADMIN)
+
+    # --url still overrides, and then no config is needed
+    monkeypatch.chdir(tmp_path / "..")
+    monkeypatch.setenv("SWGW_ADMIN_TOKEN", ADMIN)
+    assert cli.main(["status", "--config", "/nonexistent.toml", "--url", "http://gw:1", "--interval", "0"]) == 0
+    assert asked[-1] == ("http://gw:1", ADMIN)
+    capsys.readouterr()
+
+
+def test_status_refuses_a_token_the_config_does_not_accept_and_a_missing_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], asked: list[tuple[str, str]]
+) -> None:
+    path = _config(tmp_path)
+    monkeypatch.setenv("SWGW_ADMIN_TOKEN", "a-partner-token-by-mistake")
+    assert cli.main(["status", "--config", str(path), "--interval", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "[admin] token_sha256 does not accept this token" in err
+    assert "a-partner-token-by-mistake" not in err
+    assert cli.main(["status", "--config", str(tmp_path / "missing.toml"), "--interval", "0"]) == 1
+    assert "or give the admin API's address with --url" in capsys.readouterr().err
+    assert asked == []
