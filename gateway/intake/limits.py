@@ -6,7 +6,12 @@ the request and soon its body in memory, which is the growth they exist to preve
 - `PartnerRateLimiter` is checked right after authentication and before the body is read,
   so one partner sending too fast gets 429 + Retry-After and cannot use up the capacity the
   others share. Each partner has its own token bucket (gateway/pacing.py; `rate_per_s`,
-  `burst` from its `[[partners]]` table), so the others never notice.
+  `burst` from its `[[partners]]` table), so the others never notice. It is opt-in: a
+  partner without `rate_per_s` is not limited. A fixed default (it was 50/s, burst 100)
+  answered 429 to the one burst every partner eventually sends, its backlog after its own
+  outage, which is traffic the gateway exists to take; the concurrency gate below protects
+  the gateway without picking a number per partner. Set a rate for a partner you do not
+  trust to pace itself.
 - `ConcurrencyGate` is taken first thing in the ingress handler: with
   `[server] max_concurrency` requests already in flight, the next one gets 503 +
   Retry-After before anything of it is read. It bounds memory (at most that many bodies of
@@ -33,7 +38,8 @@ class PartnerRateLimiter:
     """One token bucket per partner: `burst` requests at once, refilled at `rate_per_s`.
 
     Parameters:
-        partners: the configured partners; each gets a full bucket at start.
+        partners: the configured partners; each with a `rate_per_s` gets a full bucket at
+            start, the others (rate_per_s None, the default) are never limited.
         clock: monotonic seconds; `time.monotonic` by default, a fake in tests.
 
     A refused request costs no token, so a partner that keeps retrying too early is not
@@ -42,10 +48,12 @@ class PartnerRateLimiter:
 
     def __init__(self, partners: Iterable[Partner], *, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._buckets = {p.id: self._bucket(p) for p in partners}
+        self._buckets = {p.id: self._bucket(p) for p in partners if p.rate_per_s is not None}
 
     def check(self, partner: Partner) -> None:
         """Admit one request from `partner` or raise RateLimited (429) with Retry-After (whole seconds, >= 1)."""
+        if partner.rate_per_s is None:
+            return  # opt-in: no rate of its own; [server] max_concurrency still bounds it
         bucket = self._buckets.get(partner.id)
         if bucket is None:  # a partner not known at start (tests building partners by hand)
             bucket = self._buckets[partner.id] = self._bucket(partner)
@@ -58,7 +66,8 @@ class PartnerRateLimiter:
             )
 
     def _bucket(self, partner: Partner) -> TokenBucket:
-        return TokenBucket(partner.rate_per_s, burst=partner.burst, clock=self._clock)
+        rate = partner.rate_per_s or 0.0  # never None here: check() returns first
+        return TokenBucket(rate, burst=partner.burst or max(1, math.ceil(2 * rate)), clock=self._clock)
 
 
 class ConcurrencyGate:

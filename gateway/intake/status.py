@@ -18,7 +18,8 @@ neither the answer nor its timing can tell whether it exists:
     503  journal_unavailable: the store did not answer (Retry-After)
 
 Rate limit: lookups have their own token bucket per partner, with the partner's
-`rate_per_s` and `burst`, apart from its sending bucket: a help desk polling statuses can
+`rate_per_s` and `burst` (none for a partner without `rate_per_s`, the default), apart
+from its sending bucket: a help desk polling statuses can
 never use up the partner's sending rate, and a partner sending at its limit can still ask.
 The concurrency gate of POST is not taken: a lookup reads no body and is one indexed query.
 

@@ -94,14 +94,20 @@ class Partner:
     (lowercase hex, no colons) or its subject (RFC 4514, as `openssl x509 -noout -subject
     -nameopt RFC2253` prints it). `signing_cert`: PEM certificates; when set, every message
     must carry an enveloped XML-DSig that verifies with one of them (several allow rotation).
+
+    `rate_per_s`/`burst`: the partner's own rate limit, opt-in. None (the default) means no
+    limit of its own: a partner re-sending its backlog after its own outage must not get 429
+    for a burst it never asked to be limited in, and `[server] max_concurrency` already
+    protects the gateway (503 beyond it). With `rate_per_s` set, `burst` defaults to two
+    seconds of it.
     """
 
     id: str
     token_sha256: tuple[str, ...]
     message_types: tuple[str, ...] = ("*",)
     receivers: tuple[str, ...] = ("*",)
-    rate_per_s: float = 50.0
-    burst: int = 100
+    rate_per_s: float | None = None
+    burst: int | None = None
     auth: str = "token"
     cert_fingerprint_sha256: tuple[str, ...] = ()
     cert_subject: tuple[str, ...] = ()

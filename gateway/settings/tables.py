@@ -9,6 +9,7 @@ nowhere else in the package. Whether tables agree with each other is gateway/set
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,8 +88,7 @@ def partners(doc: Mapping[str, Any], file: str, env: Mapping[str, str], base: Pa
             token_sha256=token_hashes(p, env, base),
             message_types=p.strings("message_types", ("*",)),
             receivers=p.strings("receivers", ("*",)),
-            rate_per_s=p.positive("rate_per_s", float, Partner.rate_per_s),
-            burst=p.positive("burst", int, Partner.burst),
+            **rate_limit(p),
             auth=p.one_of("auth", AUTH_MODES, Partner.auth),
             cert_fingerprint_sha256=fingerprints(p, "cert_fingerprint_sha256"),
             cert_subject=p.strings("cert_subject", ()),
@@ -159,6 +159,21 @@ def routes(doc: Mapping[str, Any], file: str) -> tuple[Route, ...]:
         )
         r.done()
     return tuple(result)
+
+
+def rate_limit(p: TableReader) -> dict[str, Any]:
+    """A partner's `rate_per_s` and `burst`: both None unless `rate_per_s` is set (opt-in, see Partner)."""
+    rate = p.opt("rate_per_s", float)
+    burst = p.opt("burst", int)
+    if rate is not None and rate <= 0:
+        raise p.error("rate_per_s", f"must be > 0, got {rate!r} (leave it out for no per-partner limit)")
+    if burst is not None and burst <= 0:
+        raise p.error("burst", f"must be > 0, got {burst!r}")
+    if rate is None:
+        if burst is not None:
+            raise p.error("burst", "needs rate_per_s: without it the partner has no rate limit to burst above")
+        return {"rate_per_s": None, "burst": None}
+    return {"rate_per_s": float(rate), "burst": burst if burst is not None else max(1, math.ceil(2 * rate))}
 
 
 def admin(a: TableReader, env: Mapping[str, str], base: Path) -> Admin:

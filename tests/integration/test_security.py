@@ -224,6 +224,25 @@ async def test_a_partner_over_its_rate_gets_429_and_others_are_unaffected(
         assert status_line.startswith(b"HTTP/1.1 429"), status_line
 
 
+async def test_a_partner_resending_its_backlog_with_default_limits_gets_no_429(
+    tmp_path: Path, rabbit_url: str, prefix: str, cleanup: list[object]
+) -> None:
+    # After its own outage a partner sends everything it held at once; with the default
+    # config (no rate_per_s) that burst is accepted, bounded only by [server] max_concurrency.
+    partners = [{"id": "VN-NSW", "token_sha256": [sha(TOKEN)]}]
+    settings = await _settings(tmp_path, prefix, cleanup, partners=partners)
+    async with run_gateway(settings, role="ingress") as gw:
+        sem = asyncio.Semaphore(64)
+
+        async def one(n: int) -> int:
+            async with sem:
+                status, _, _ = await gw.post(message(f"BACKLOG-{n}"))
+                return status
+
+        statuses = await asyncio.gather(*(one(n) for n in range(500)))
+    assert statuses.count(202) == 500, {s: statuses.count(s) for s in set(statuses)}
+
+
 class ObservedGate(ConcurrencyGate):
     """The real gate, telling the test when it is full and when it has emptied again."""
 

@@ -165,8 +165,8 @@ async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
         "swgwt-fuzz",
         broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",  # nothing listens: a passing message gets 503
         partners=[
-            {"id": "VN-NSW", "token_sha256": [sha(TOKEN)], "burst": 100_000},
-            {"id": "KH-NSW", "token_sha256": [sha(SIGNING_TOKEN)], "signing_cert": "kh.pem", "burst": 100_000},
+            {"id": "VN-NSW", "token_sha256": [sha(TOKEN)]},  # no rate_per_s: not rate-limited
+            {"id": "KH-NSW", "token_sha256": [sha(SIGNING_TOKEN)], "signing_cert": "kh.pem"},
         ],
         broker={"reconnect_interval_s": 30},
     )

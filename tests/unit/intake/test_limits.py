@@ -55,6 +55,20 @@ def test_one_partner_flooding_does_not_limit_another() -> None:
         limiter.check(FAST)
 
 
+def test_a_partner_without_rate_per_s_is_not_limited() -> None:
+    # The default: a partner re-sending its backlog after its own outage is a burst it never
+    # asked to be limited in; only [server] max_concurrency bounds it (issue 16).
+    clock = FakeClock()
+    default = Partner(id="DEFAULT", token_sha256=())
+    assert (default.rate_per_s, default.burst) == (None, None)
+    limiter = PartnerRateLimiter([default, SLOW], clock=clock)
+    for _ in range(10_000):
+        limiter.check(default)
+    limiter.check(SLOW)
+    with pytest.raises(RateLimited):
+        limiter.check(SLOW)  # opting in still limits
+
+
 def test_concurrency_gate_sheds_beyond_its_limit_and_frees_slots() -> None:
     gate = ConcurrencyGate(2, retry_after_s=1)
     with gate.slot(), gate.slot():

@@ -57,6 +57,8 @@ def test_example_configs_load() -> None:
         (lambda d: d["partners"].append(dict(d["partners"][0])), "partners[2].id", "duplicate id"),
         (lambda d: d["message_types"][0].update(schema="missing.xsd"), "message_types[0].schema", "does not exist"),
         (lambda d: d["logging"].update(level="LOUD"), "logging.level", "not one of"),
+        (lambda d: d["partners"][1].update(burst=10), "partners[1].burst", "needs rate_per_s"),
+        (lambda d: d["partners"][1].update(rate_per_s=0), "partners[1].rate_per_s", "must be > 0"),
     ],
 )
 def test_bad_values_name_the_key_and_file(tmp_path: Path, mutate: Any, key: str, words: str) -> None:
@@ -68,6 +70,14 @@ def test_bad_values_name_the_key_and_file(tmp_path: Path, mutate: Any, key: str,
     assert exc.value.key == key
     assert exc.value.file == str(path)
     assert words in str(exc.value)
+
+
+def test_partner_rate_limits_are_opt_in_and_burst_defaults_to_two_seconds_of_rate(tmp_path: Path) -> None:
+    doc = config_doc("p")
+    doc["partners"][0] = {"id": "VN-NSW", "token_sha256": doc["partners"][0]["token_sha256"], "rate_per_s": 40}
+    partners = load_settings(write(tmp_path, doc), env={}).partners
+    assert (partners[0].rate_per_s, partners[0].burst) == (40.0, 80)
+    assert (partners[1].rate_per_s, partners[1].burst) == (None, None)  # no rate_per_s: unlimited
 
 
 def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
