@@ -20,7 +20,7 @@ from gateway.errors import StoreError
 from gateway.journal import postgres_schema as schema
 from gateway.journal import queries
 from gateway.journal.model import Event
-from gateway.journal.queries import Dialect, Query
+from gateway.journal.queries import Dialect
 from gateway.journal.reading import StoreReading
 from gateway.journal.store import (
     JOURNAL_ON,
@@ -261,9 +261,8 @@ class PostgresStore(StoreReading):
         update = ""
         moves: list[list[Any]] = []
         for e, m in queries.status_moves(events):
-            q = Query(DIALECT)
-            update = queries.move_sql(self.table, q, e, m)  # the same text for every event
-            moves.append(q.args)
+            update = queries.move_statement(self.table, DIALECT)  # the same text for every event
+            moves.append(queries.move_args(e, m, DIALECT))
 
         async def body(conn: PoolConnectionProxy) -> None:
             async with conn.transaction():

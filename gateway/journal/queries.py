@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,20 +142,30 @@ class StatusMove:
     reason: str | None
 
 
+def _template(kind: EventKind) -> StatusMove:
+    parked = kind in (EventKind.PARKED, EventKind.DEAD_LETTERED)
+    return StatusMove(
+        status=STATUS_AFTER[kind],
+        allowed_from=MOVES_FROM.get(kind, frozenset(Status)),
+        attempts=1 if kind is EventKind.ATTEMPT else 0,
+        delivered=kind is EventKind.DELIVERED,
+        reason_changes=parked or kind in (EventKind.REPLAYED, EventKind.DELIVERED),  # those two clear it
+        reason=None,
+    )
+
+
+_TEMPLATES = {kind: _template(kind) for kind in STATUS_AFTER}  # per kind, built once: this is per delivery
+_PARKING = (EventKind.PARKED, EventKind.DEAD_LETTERED)
+
+
 def status_move(e: Event) -> StatusMove | None:
     """None for events that leave the record as it is (destination events, duplicates, returns)."""
-    status = STATUS_AFTER.get(e.kind)
-    if status is None or not e.message_id:
+    template = _TEMPLATES.get(e.kind)
+    if template is None or not e.message_id:
         return None
-    parked = e.kind in (EventKind.PARKED, EventKind.DEAD_LETTERED)
-    return StatusMove(
-        status=status,
-        allowed_from=MOVES_FROM.get(e.kind, frozenset(Status)),
-        attempts=1 if e.kind is EventKind.ATTEMPT else 0,
-        delivered=e.kind is EventKind.DELIVERED,
-        reason_changes=parked or e.kind in (EventKind.REPLAYED, EventKind.DELIVERED),  # those two clear it
-        reason=(e.error or e.detail or e.kind.value) if parked else None,
-    )
+    if e.kind in _PARKING:
+        return dataclasses.replace(template, reason=e.error or e.detail or e.kind.value)
+    return template
 
 
 def status_moves(events: Sequence[Event]) -> list[tuple[Event, StatusMove]]:
@@ -207,6 +218,39 @@ def move_sql(table: str, q: Query, e: Event, m: StatusMove) -> str:
     sql += f"delivered_at = CASE WHEN {q(m.delivered)} AND {allowed()} THEN {q.time(e.at)} ELSE delivered_at END, "
     sql += f"parked_reason = CASE WHEN {q(m.reason_changes)} AND {allowed()} THEN {q(m.reason)} ELSE parked_reason END "
     return sql + f"WHERE sender = {q(e.sender)} AND message_id = {q(e.message_id)}"
+
+
+_MOVE_STATEMENTS: dict[tuple[str, Dialect], str] = {}
+
+
+def move_statement(table: str, dialect: Dialect) -> str:
+    """`move_sql`'s text, the same for every event, built once per table (hot: one per delivery)."""
+    key = (table, dialect)
+    text = _MOVE_STATEMENTS.get(key)
+    if text is None:
+        e = Event(EventKind.DELIVERED, 0.0, "s", "m")
+        m = status_move(e)
+        assert m is not None
+        text = _MOVE_STATEMENTS[key] = move_sql(table, Query(dialect), e, m)
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def _allowed_values(allowed_from: frozenset[Status]) -> tuple[str, ...]:
+    values = sorted(st.value for st in allowed_from)
+    return tuple(values + values[:1] * (len(Status) - len(values)))
+
+
+def move_args(e: Event, m: StatusMove, dialect: Dialect) -> list[Any]:
+    """The arguments of `move_statement` for one move, in `move_sql`'s order (a test pins it)."""
+    values = _allowed_values(m.allowed_from)
+    at = dialect.time_in(e.at)
+    return [
+        *values, m.status.value, at, m.attempts,
+        m.delivered, *values, at,
+        m.reason_changes, *values, m.reason,
+        e.sender, e.message_id,
+    ]  # fmt: skip
 
 
 def encode_cursor(key: Key) -> str:

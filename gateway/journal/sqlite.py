@@ -19,7 +19,7 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.journal import queries
 from gateway.journal.model import Event
-from gateway.journal.queries import Dialect, Query
+from gateway.journal.queries import Dialect
 from gateway.journal.reading import StoreReading
 from gateway.journal.sqlite_schema import create_schema
 from gateway.journal.store import (
@@ -218,9 +218,8 @@ class SqliteStore(StoreReading):
         update = ""
         moves: list[list[Any]] = []
         for e, m in queries.status_moves(events):
-            q = Query(DIALECT)
-            update = queries.move_sql(self.table, q, e, m)  # the same text for every event
-            moves.append(q.args)
+            update = queries.move_statement(self.table, DIALECT)  # the same text for every event
+            moves.append(queries.move_args(e, m, DIALECT))
 
         def body(db: sqlite3.Connection) -> None:
             db.executemany(

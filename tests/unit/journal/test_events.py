@@ -12,7 +12,7 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.journal import reading
-from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Status
+from gateway.journal.model import STATUS_AFTER, Event, EventKind, MessageFilter, MessageRecord, Status
 from gateway.journal.postgres import PostgresStore
 from gateway.journal.queries import InvalidCursor
 from gateway.journal.sqlite import SqliteStore
@@ -308,3 +308,18 @@ def test_a_batch_folds_an_attempt_into_its_delivery_and_nothing_else() -> None:
         ("M-2", EventKind.PARKED, 0),
         ("M-2", EventKind.DELIVERED, 0),
     ]
+
+
+@pytest.mark.parametrize("kind", [k for k in EventKind if k in STATUS_AFTER])
+def test_the_cached_move_statement_and_its_arguments_match_move_sql_exactly(kind: EventKind) -> None:
+    from gateway.journal import postgres, queries, sqlite
+    from gateway.journal.queries import Query
+
+    e = ev(kind, T0 + 1.25, status=200, error="rejected", detail="x")
+    m = queries.status_move(e)
+    assert m is not None
+    for dialect in (sqlite.DIALECT, postgres.DIALECT):
+        q = Query(dialect)
+        text = queries.move_sql("t", q, e, m)
+        assert queries.move_statement("t", dialect) == text
+        assert queries.move_args(e, m, dialect) == q.args
