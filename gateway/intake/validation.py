@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
-from gateway.errors import InvalidMessage, MalformedXML, Problem
+from gateway.errors import ConfigError, InvalidMessage, MalformedXML, Problem
 from gateway.settings.model import MessageType, Settings
 
 
@@ -52,6 +53,9 @@ _XSD_NS = "http://www.w3.org/2001/XMLSchema"
 # quantifier ({4}, {0,2}) or an enumeration set ({'IM', 'EX'}) never both lacks quotes and has one.
 _CLARK_RE = re.compile(r"\{[^{}\s']*:[^{}\s']*\}")
 _ELEMENT_PREFIX_RE = re.compile(r"^Element '[^']*'(?:, attribute '([^']*)')?: ")
+# Children of xs:schema that bring another file's declarations into the same target namespace
+# (xs:import brings another namespace: its elements are not this message type's roots).
+_SAME_NAMESPACE = tuple(f"{{{_XSD_NS}}}{kind}" for kind in ("include", "redefine", "override"))
 
 
 def untrusted_parser() -> etree.XMLParser:
@@ -108,17 +112,53 @@ class CompiledSchema:
         schema = etree.XMLSchema(doc)
         top = doc.getroot()
         tns = top.get("targetNamespace")
-        # A configured root is trusted as is: it may be declared in an xs:include'd file
-        # (libxml2 rejects payloads that don't match a declaration anyway).
-        names = [root] if root is not None else [e.get("name") for e in top.iterchildren(f"{{{_XSD_NS}}}element")]
+        declared = global_elements(path, top)
+        if root is not None and root not in declared:
+            raise ValueError(
+                f"root {root!r} is not a global element of {path.name} or the files it includes; "
+                f"declared: {', '.join(sorted(declared)) or '(none)'}"
+            )
+        names = [root] if root is not None else sorted(declared)
         qualify = (lambda n: f"{{{tns}}}{n}") if tns else (lambda n: n)
-        return cls(name, path, schema, frozenset(qualify(n) for n in names if n))
+        return cls(name, path, schema, frozenset(qualify(n) for n in names))
 
     def problems(self, element: etree._Element, body: bytes) -> list[Problem]:
         """Validate; return [] when valid, else the capped list of problems."""
         if self.schema.validate(element):
             return []
         return _explain(self.schema.error_log, element, body)
+
+
+def global_elements(path: Path, top: etree._Element, seen: set[Path] | None = None) -> set[str]:
+    """Local names of the global elements `path` declares, itself or through xs:include,
+    xs:redefine and xs:override (same target namespace; a chameleon include takes the
+    includer's), followed to any depth, each file once. These are the payload roots the
+    schema can validate: libxml2 accepts an included declaration as a validation root, so
+    roots read from the main file alone left a type whose elements live in an included
+    file accepting nothing ("expected one of: ."). A location that is not a local file is
+    skipped (schemas never reach the network; lxml would have refused it already).
+    """
+    seen = set() if seen is None else seen
+    seen.add(path.resolve())
+    names = {n for e in top.iterchildren(f"{{{_XSD_NS}}}element") if (n := e.get("name"))}
+    for ref in top.iterchildren(*_SAME_NAMESPACE):
+        target = _local_file(path, ref.get("schemaLocation"))
+        if target is None or target in seen or not target.is_file():
+            continue
+        doc = etree.parse(str(target), etree.XMLParser(no_network=True, resolve_entities=False))
+        names |= global_elements(target, doc.getroot(), seen)
+    return names
+
+
+def _local_file(base: Path, location: str | None) -> Path | None:
+    if not location:
+        return None
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path)).resolve()
+    if parts.scheme and len(parts.scheme) > 1:  # http(s) and the like; one letter is a Windows drive
+        return None
+    return (base.parent / unquote(location)).resolve()
 
 
 @dataclass(frozen=True)
@@ -150,18 +190,33 @@ class Validator:
         rules: Callable[..., Sequence[Problem]] | None = None,
         envelope_xsd: Path = ENVELOPE_XSD,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        config_file: str = "config",
     ) -> None:
         self._parser = untrusted_parser()
         self.envelope = CompiledSchema.load("Envelope", envelope_xsd, "Envelope")
-        self.types: dict[str, CompiledSchema] = {
-            t.name: CompiledSchema.load(t.name, t.schema, t.root) for t in message_types
-        }
+        self.types: dict[str, CompiledSchema] = {}
+        for i, t in enumerate(message_types):
+            # A type that can accept no payload root would reject every message: refuse it
+            # now, naming the key, rather than answer 422 "expected one of: ." at run time.
+            try:
+                compiled = CompiledSchema.load(t.name, t.schema, t.root)
+            except ValueError as exc:
+                raise ConfigError(config_file, f"message_types[{i}].root", str(exc)) from exc
+            if not compiled.roots:
+                raise ConfigError(
+                    config_file,
+                    f"message_types[{i}].schema",
+                    f"{t.schema.name} declares no global element, itself or through xs:include/xs:redefine, "
+                    f"so {t.name!r} could accept no payload; point it at the schema that declares the "
+                    "document element",
+                )
+            self.types[t.name] = compiled
         self._rules = rules
         self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> Validator:
-        return cls(settings.message_types, **kwargs)  # type: ignore[arg-type]
+        return cls(settings.message_types, config_file=str(settings.path), **kwargs)  # type: ignore[arg-type]
 
     def read_envelope(self, body: bytes) -> Envelope:
         """Parse and check the envelope (400 / 422); the payload is not validated yet."""

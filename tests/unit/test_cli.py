@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, config_doc, to_toml
 
 CONFIG = str(ROOT / "ops" / "gateway.toml")
 EXAMPLES = ROOT / "schemas" / "examples"
@@ -89,3 +89,19 @@ def test_validate_reports_no_route_as_the_gateway_does(tmp_path: Path, capsys: p
     assert main(["validate", "--json", "--config", CONFIG, str(unrouted)]) == 1
     row = json.loads(capsys.readouterr().out)
     assert (row["status"], row["reason"]) == (422, "no_route")  # same answer as POST /v1/messages
+
+
+def test_check_config_refuses_a_message_type_that_can_accept_no_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    types_only = tmp_path / "types.xsd"
+    types_only.write_text(
+        '<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:t">'
+        '<xs:complexType name="T"><xs:sequence/></xs:complexType></xs:schema>',
+        encoding="utf-8",
+    )
+    config = tmp_path / "gateway.toml"
+    config.write_text(to_toml(config_doc("p", message_types={"CUSDEC": types_only})), encoding="utf-8")
+    assert main(["check-config", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"configuration error: {config}: message_types[0].schema: types.xsd declares no global element" in err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.errors import InvalidMessage, MalformedXML
+from gateway.errors import ConfigError, InvalidMessage, MalformedXML
 from gateway.intake import rules
 from gateway.intake.validation import Validator, parse_xml
 from gateway.settings.model import MessageType
@@ -110,3 +112,55 @@ def test_rule_layer_runs_after_the_schema(validator: Validator) -> None:
     assert problem.line is not None
     line_text = changed.split("\n")[problem.line - 1]
     assert problem.column == line_text.index("<GoodsItemQuantity>") + 1  # rule problems get a column too
+
+
+# -- payload roots: inferred through xs:include / xs:redefine, and none is refused at start-up ---------
+
+XS = 'xmlns:xs="http://www.w3.org/2001/XMLSchema"'
+ORDER = '<xs:element name="Order"><xs:complexType><xs:sequence><xs:element name="Id" type="xs:string"/></xs:sequence></xs:complexType></xs:element>'  # noqa: E501
+
+
+def _xsd(path: Path, body: str, tns: str | None = "urn:t") -> Path:
+    ns = f' targetNamespace="{tns}" xmlns="{tns}" elementFormDefault="qualified"' if tns else ""
+    path.write_text(f"<xs:schema {XS}{ns}>\n{body}\n</xs:schema>\n", encoding="utf-8")
+    return path
+
+
+def test_roots_declared_in_an_included_file_are_accepted(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    _xsd(tmp_path / "parts" / "invoice.xsd", '<xs:element name="Invoice" type="xs:string"/>', tns=None)  # chameleon
+    _xsd(tmp_path / "parts" / "order.xsd", '<xs:include schemaLocation="invoice.xsd"/>\n' + ORDER)
+    main = _xsd(tmp_path / "main.xsd", '<xs:include schemaLocation="parts/order.xsd"/>')
+    validator = Validator([MessageType("ORDER", main)])
+    assert validator.types["ORDER"].roots == {"{urn:t}Order", "{urn:t}Invoice"}
+    body = envelope('<Order xmlns="urn:t"><Id>1</Id></Order>', message_type="ORDER")
+    validator.check(body)  # was: "expected one of: ." for every message
+    with pytest.raises(InvalidMessage, match=r"expected one of: Invoice \(urn:t\), Order \(urn:t\)"):
+        validator.check(envelope('<Other xmlns="urn:t"/>', message_type="ORDER"))
+
+
+def test_roots_through_xs_redefine_and_a_file_uri(tmp_path: Path) -> None:
+    base = _xsd(
+        tmp_path / "base.xsd", ORDER + '\n<xs:simpleType name="Code"><xs:restriction base="xs:string"/></xs:simpleType>'
+    )
+    main = _xsd(
+        tmp_path / "main.xsd",
+        f'<xs:redefine schemaLocation="{base.as_uri()}"><xs:simpleType name="Code">'
+        '<xs:restriction base="Code"><xs:maxLength value="3"/></xs:restriction></xs:simpleType></xs:redefine>',
+    )
+    assert Validator([MessageType("ORDER", main)]).types["ORDER"].roots == {"{urn:t}Order"}
+
+
+def test_a_type_that_can_accept_no_root_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    order = _xsd(tmp_path / "order.xsd", ORDER)
+    types_only = _xsd(tmp_path / "types.xsd", '<xs:complexType name="T"><xs:sequence/></xs:complexType>')
+    with pytest.raises(ConfigError) as exc:
+        Validator([MessageType("ORDER", order), MessageType("T", types_only)], config_file="gw.toml")
+    assert (exc.value.file, exc.value.key) == ("gw.toml", "message_types[1].schema")
+    assert "declares no global element" in str(exc.value)
+
+    with pytest.raises(ConfigError) as exc:
+        Validator([MessageType("ORDER", order, root="Ordre")], config_file="gw.toml")
+    assert exc.value.key == "message_types[0].root"
+    assert "root 'Ordre' is not a global element of order.xsd" in str(exc.value)
+    assert "declared: Order" in str(exc.value)
