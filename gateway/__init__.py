@@ -16,8 +16,9 @@ The package follows one message from the partner's POST to the backend, a folder
 Beside them, the kernel every stage may use: errors.py, messages.py (the queued message and
 its AMQP form), supervise.py (supervised background tasks), credentials.py (bearer tokens:
 hashing and constant-time matching), timeutil.py (ISO-8601 time, Clock/Sleep), pacing.py
-(the token bucket) and receipts.py (signed receipts: keys, signing, verification; settings
-loads the keys, intake signs, the CLI verifies). cli.py is the command line.
+(the token bucket), receipts.py (signed receipts: keys, signing, verification; settings
+loads the keys, intake signs, the CLI verifies) and progress.py (count, rate and time left of
+a long command, on a terminal only). cli.py is the command line.
 What may import what is written down in tests/unit/test_layout.py and enforced there.
 Nothing is imported from the package root.
 """

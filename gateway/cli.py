@@ -189,8 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo
 
     settings = load_settings(args.config or demo.DEMO_CONFIG)
-    logs.setup(settings.logging)
-    return demo.run(settings, keep_running=args.keep_running)
+    return demo.run(settings, keep_running=args.keep_running)  # it sends the logs to a file it names
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TextIO
 
 from gateway.settings.model import Logging
 
@@ -133,8 +134,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup(cfg: Logging) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup(cfg: Logging, stream: TextIO | None = None) -> None:
+    """Log to `stream` (stderr by default; `swgw demo` gives a file, so its narration stays readable)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -8,6 +8,14 @@ message parked and replayed; a re-sent message answered as a duplicate, with the
 receipt (signed with a key made for the run, unless the config names one). `--keep-running`
 leaves everything up afterwards for curl and `swgw status`.
 
+The narration is a few lines per step on stdout. The gateway's and simulators' logs go to
+a file whose path is printed first (they used to interleave hundreds of lines with the
+story). Every wait says what it waits for and is bounded: a wait that runs out stops the
+demo with the log's path instead of sitting silent (step 4 once waited 30 s for a parking
+that could not happen: one of its two ECOO messages is routed to a backend that accepts
+it). The drain and the replay show count, rate and time left on a terminal
+(gateway/progress.py; nothing in a pipe).
+
 Everything it needs ships in the package: the example messages (gateway/schemas, a link to
 schemas/ in a checkout) and its config (gateway/tools/demo.toml, a link to ops/gateway.toml),
 the default of `swgw demo --config`. Its SQLite dedup store lives in a temporary folder for the
@@ -19,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.credentials import token_hash
 from gateway.intake.validation import MESSAGE_SET, packaged
+from gateway.observability import logs
+from gateway.progress import Progress
 from gateway.receipts import KeyRing, verify
 from gateway.runtime.app import BROKER, DELIVERY, create_app
 from gateway.settings.model import ReceiptSettings, Settings
@@ -64,12 +76,29 @@ def step(title: str) -> None:
     say(f"\n=== {title} " + "=" * max(3, 76 - len(title)))
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
-    """Wait for in-process state the demo narrates (cheap to check; bounded)."""
+class DemoStuck(SystemExit):
+    """A bounded wait ran out: the demo stops and says where the logs are."""
+
+
+async def _until(predicate: Callable[[], bool], what: str, log: Path | None = None, timeout_s: float = 30) -> None:
+    """Wait for in-process state the demo narrates (cheap to check); stop the demo if it never comes."""
     for _ in range(int(timeout_s * 10)):
         if predicate():
             return
         await asyncio.sleep(0.1)
+    raise DemoStuck(f"demo: {what} did not happen within {timeout_s:g}s; the logs say why: {log}")
+
+
+async def _delivered(sim: Simulator, target: int, label: str, *, timeout_s: float) -> None:
+    """Wait until `sim` has `target` unique messages, drawing progress on a terminal."""
+    start = sim.received.unique
+    with Progress(label, target - start, stream=sys.stderr) as progress:
+        deadline = time.monotonic() + timeout_s
+        while sim.received.unique < target and time.monotonic() < deadline:
+            progress.update(sim.received.unique - start)
+            await asyncio.sleep(0.1)
+        progress.update(sim.received.unique - start)
+    await sim.wait_for(target, timeout_s=1)  # raises with the simulator's counts if short
 
 
 def _relabel(body: bytes, run: str, n: int) -> tuple[bytes, str, str]:
@@ -81,9 +110,10 @@ def _relabel(body: bytes, run: str, n: int) -> tuple[bytes, str, str]:
 
 
 class Demo:
-    def __init__(self, settings: Settings, keep_running: bool) -> None:
+    def __init__(self, settings: Settings, keep_running: bool, log: Path | None = None) -> None:
         self.settings = settings
         self.keep_running = keep_running
+        self.log = log
         self.run = uuid.uuid4().hex[:6]
         self.n = 0
         self.base = f"http://{settings.server.host}:{settings.server.port}"
@@ -141,10 +171,8 @@ class Demo:
     async def main(self) -> int:
         self.check_tokens()
         async with self.running() as app, aiohttp.ClientSession() as s:
-            say(
-                f"gateway on {self.base}  (admin token: {ADMIN_TOKEN}); simulators: "
-                + ", ".join(f"{d} -> {sim.url}" for d, sim in self.sims.items())
-            )
+            say(f"gateway on {self.base} (admin token: {ADMIN_TOKEN}); a simulated backend per destination:")
+            say("  " + ", ".join(f"{d} -> {sim.url}" for d, sim in self.sims.items()))
             await self.normal_flow(s)
             await self.bad_input(s)
             await self.outage(s, app)
@@ -153,8 +181,8 @@ class Demo:
             step("what ops sees: GET /admin/destinations")
             for row in (await self.admin(s, "GET", "/admin/destinations"))["destinations"]:
                 say(
-                    f"  {row['id']:<8} state={row['state']:<9} backlog={row['backlog']} parked={row['parked']} "
-                    f"delivered={row['delivered_total']} last_delivery={row['last_delivery_at']}"
+                    f"  {row['id']:<8} state={row['state']:<7} backlog={row['backlog']} parked={row['parked']} "
+                    f"delivered={row['delivered_total']}"
                 )
             if self.keep_running:
                 say(
@@ -164,21 +192,30 @@ class Demo:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.Event().wait()
         say("\ndemo finished: every accepted message reached its backend.")
+        if self.log is not None:
+            say(f"the gateway's logs of this run: {self.log}")
         return 0
 
     async def normal_flow(self, s: aiohttp.ClientSession) -> None:
         step("1. partners send a realistic mix of every message type")
         files = sorted(EXAMPLES.glob("*/valid/*.xml"))
-        expected: dict[str, int] = {}
+        expected: Counter[str] = Counter()
+        accepted: Counter[str] = Counter()
+        senders = set()
         for path in files:
             body, mid, sender = self.fresh(path)
             status, answer = await self.post(s, body, sender)
-            say(f"  {status} {path.parent.parent.name:<8} {mid:<52} from {sender:<15} -> {answer.get('destination')}")
             if status == 202:
-                expected[answer["destination"]] = expected.get(answer["destination"], 0) + 1
+                expected[answer["destination"]] += 1
+                accepted[path.parent.parent.name] += 1
+                senders.add(sender)
+            else:
+                say(f"  {status} {mid} from {sender}: {answer.get('detail')}")
+        say(f"  202 from {len(senders)} partners: " + ", ".join(f"{t} x{n}" for t, n in sorted(accepted.items())))
+        say("  routed: " + ", ".join(f"{d}={n}" for d, n in sorted(expected.items())))
         for dest, count in expected.items():
             await self.sims[dest].wait_for(count, timeout_s=30)
-        say("  delivered: " + ", ".join(f"{d}={self.sims[d].received.unique}" for d in expected))
+        say("  delivered: " + ", ".join(f"{d}={self.sims[d].received.unique}" for d in sorted(expected)))
 
     async def bad_input(self, s: aiohttp.ClientSession) -> None:
         step("2. bad input gets a precise error, and is never queued")
@@ -201,15 +238,20 @@ class Demo:
         results = await asyncio.gather(*(self.post(s, *self.fresh(declaration)[::2]) for _ in range(200)))
         say(f"  answers: {sum(1 for st, _ in results if st == 202)} x 202 (each confirmed by RabbitMQ)")
         worker = app[DELIVERY].workers["vnaccs"]
-        await _until(lambda: worker.state == "open" and app[BROKER].depths.get("vnaccs", (0, 0))[0] >= 200)
+        await _until(
+            lambda: worker.state == "open" and app[BROKER].depths.get("vnaccs", (0, 0))[0] >= 200,
+            "the circuit opening with 200 held",
+            self.log,
+        )
         row = next(
             r for r in (await self.admin(s, "GET", "/admin/destinations"))["destinations"] if r["id"] == "vnaccs"
         )
         say(f"  gateway reports: vnaccs circuit={row['state']}, backlog={row['backlog']} held in RabbitMQ")
-        say("  backend recovers ...")
+        say("  backend recovers; draining (slow start: the rate ramps up from 10%) ...")
         started = time.monotonic()
         await sim.set_mode("up")
-        got = await sim.wait_for(before + 200, timeout_s=120)
+        await _delivered(sim, before + 200, "  draining vnaccs", timeout_s=120)
+        got = sim.received
         say(
             f"  drained {got.unique - before} messages in {time.monotonic() - started:.1f}s (slow start included); "
             f"duplicates delivered: {got.duplicates} (the backend dedups by X-Message-Id)"
@@ -220,13 +262,17 @@ class Demo:
         sim = self.sims["asw"]
         before = sim.received.unique
         await sim.set_mode("reject", reject_types=["ECOO"])
-        ecoo = sorted(EXAMPLES.glob("ECOO/valid/*.xml"))
-        for path in ecoo:
+        to_asw = 0
+        for path in sorted(EXAMPLES.glob("ECOO/valid/*.xml")):
             body, mid, sender = self.fresh(path)
-            status, _ = await self.post(s, body, sender)
-            say(f"  {status} {mid}")
+            status, answer = await self.post(s, body, sender)
+            dest = answer.get("destination")
+            say(f"  {status} {mid} -> {dest}" + (" (rejects ECOO now)" if dest == "asw" else " (accepts it)"))
+            to_asw += dest == "asw"
         worker = app[DELIVERY].workers["asw"]
-        await _until(lambda: worker.parked_total >= len(ecoo))
+        parked_before = worker.parked_total
+        # Only the ones routed to asw can be parked: waiting for every ECOO sat out the 30 s bound.
+        await _until(lambda: worker.parked_total >= parked_before + to_asw, f"{to_asw} parked on asw", self.log)
         parked = await self.admin(s, "GET", "/admin/destinations/asw/parked")
         for row in parked["parked"]:
             say(
@@ -237,7 +283,7 @@ class Demo:
         say(f"  dry run would replay {len(dry['messages'])}; backend fixed; replaying at 10/s ...")
         await sim.set_mode("up")
         report = await self.admin(s, "POST", "/admin/destinations/asw/replay", json={"type": "ECOO", "rate": 10})
-        await sim.wait_for(before + report["replayed"], timeout_s=30)
+        await _delivered(sim, before + report["replayed"], "  replaying asw", timeout_s=30)
         say(f"  replayed {report['replayed']}, all delivered (same message ids as the originals)")
 
     async def duplicate(self, s: aiohttp.ClientSession) -> None:
@@ -256,6 +302,18 @@ class Demo:
 
 
 def run(settings: Settings, *, keep_running: bool = False) -> int:
+    """Run the demo; its logs go to a file in the temporary folder that outlives the run."""
+    fd, name = tempfile.mkstemp(prefix="swgw-demo-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as log:
+        logs.setup(settings.logging, stream=log)
+        say(f"swgw demo: the story below; the gateway's logs go to {name}")
+        try:
+            return _run(settings, keep_running, Path(name))
+        finally:
+            logs.setup(settings.logging)  # back to stderr before the file closes
+
+
+def _run(settings: Settings, keep_running: bool, log: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="swgw-demo-") as scratch:
         if settings.dedup.backend == "sqlite":
             dedup = dataclasses.replace(settings.dedup, path=Path(scratch) / settings.dedup.path.name)
@@ -268,4 +326,4 @@ def run(settings: Settings, *, keep_running: bool = False) -> int:
                 )
             )
             settings = dataclasses.replace(settings, receipts=ReceiptSettings(signing_keys=(key,)))
-        return asyncio.run(Demo(settings, keep_running).main())
+        return asyncio.run(Demo(settings, keep_running, log).main())

@@ -61,10 +61,21 @@ async def test_the_demo_tells_the_whole_story(tmp_path: Path, rabbit_url: str, p
         await delete_topology(load_settings(config, env={}))
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
+    # A few lines per step: the logs go to a file named first, nothing else reaches the screen.
+    lines = out.splitlines()
+    assert len(lines) < 50, out
+    assert not [line for line in lines if line.lstrip().startswith("{")], "JSON log lines on stdout"
+    assert result.stderr == ""  # no log lines, and no progress drawn: stderr is not a terminal
+    found = re.search(r"the gateway's logs go to (\S+)", lines[0])
+    assert found is not None, lines[0]
+    log = Path(found.group(1))
+    try:
+        assert "simulator data port" in await asyncio.to_thread(log.read_text)  # the logs went there instead
+    finally:
+        await asyncio.to_thread(log.unlink)
+    assert f"the gateway's logs of this run: {log}" in out
     assert "delivered: " in out
-    assert " 202 CUSDEC " in out
-    assert " 202 ECOO " in out
-    assert " 202 HANDOVER " in out
+    assert re.search(r"202 from \d+ partners: .*CUSDEC x\d.*ECOO x\d.*HANDOVER x\d", out)
     assert re.search(r"  422 \S+\.xml: .*line \d+", out)  # precise errors
     assert "400 billion-laughs document" in out
     assert "answers: 200 x 202" in out

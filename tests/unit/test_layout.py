@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-KERNEL = {"errors", "messages", "supervise", "credentials", "timeutil", "pacing", "receipts"}
+KERNEL = {"errors", "messages", "supervise", "credentials", "timeutil", "pacing", "receipts", "progress"}
 BASE = {"kernel"}
 ALLOWED: dict[str, set[str]] = {
     "kernel": BASE,
