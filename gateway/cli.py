@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, GatewayError, IngressError
 from gateway.intake import tls
 from gateway.observability import logs
+from gateway.progress import Progress
 from gateway.settings.load import load_settings
 from gateway.settings.model import Settings
 
@@ -131,6 +132,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     flt = _replay_filter(args)
 
     async def work() -> int:
+        shown = Progress(f"replay {args.destination}: parked messages read")  # count, rate, time left on a TTY
         try:
             async with _journal_writer(settings) as journal:
                 report = await replay.replay(
@@ -142,10 +144,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout_s,
                     journal=journal,
                     action=f"cli: swgw replay (user {_operator()})",
+                    progress=shown.update,
                 )
         except ReplayInProgress as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return EXIT_REPLAY_REFUSED
+        finally:
+            shown.close()
         verb = "would replay" if report.dry_run else "replayed"
         for r in report.selected[:50]:
             print(f"{verb}: {r.message_id} {r.message_type} from {r.sender} (parked {r.parked_at}: {r.reason})")

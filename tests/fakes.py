@@ -1,6 +1,8 @@
-"""Fake time for unit tests: a clock that moves only when told, and a sleep that moves it."""
+"""Fakes for unit tests: a clock that moves only when told, a sleep that moves it, a terminal."""
 
 from __future__ import annotations
+
+import io
 
 
 class FakeClock:
@@ -26,3 +28,10 @@ class ClockSleep:
     async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
         self.clock.advance(seconds)
+
+
+class FakeTTY(io.StringIO):
+    """A text stream that says it is a terminal (gateway/progress.py draws only on one)."""
+
+    def isatty(self) -> bool:
+        return True

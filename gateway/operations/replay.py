@@ -47,7 +47,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -323,6 +323,7 @@ async def replay(
     clock: Clock = time.monotonic,
     journal: JournalWriter | None = None,
     action: str = "replay",
+    progress: Callable[[int, int], None] = lambda read, present: None,
 ) -> ReplayReport:
     """Move matching parked messages back to the destination queue (see module docstring).
     `journal`: a `replayed` event per message (detail: `action`, the filter) between confirm and ack.
@@ -330,7 +331,7 @@ async def replay(
     Raises ReplayInProgress at once if another replay of `destination` runs anywhere,
     BrokerUnavailable if the broker cannot be reached or a publish failed (the report's
     counts are in the message), KeyError for an unknown destination, ValueError for a
-    `timeout_s` out of range. `clock` (monotonic seconds) is for tests.
+    `timeout_s` out of range. `clock` (monotonic seconds) is for tests; `progress(read, parked)` per message read.
     """
     _check_destination(settings, destination)
     check_timeout(timeout_s)
@@ -391,6 +392,7 @@ async def replay(
                 if raw is None:
                     break  # fewer than at the start (a listing holds some): nothing to wait for
                 report.scanned += 1
+                progress(report.scanned, report.present)
                 msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
                 if not flt.matches(msg):
                     report.skipped += 1

@@ -33,12 +33,13 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from gateway.journal.model import Event, EventKind, JournalReader, MessageRecord, Status
 from gateway.operations.messages import open_reader, parse_window, run
+from gateway.progress import Progress
 from gateway.settings.model import Settings
 from gateway.timeutil import iso_unix, unix_or_none
 
@@ -178,12 +179,22 @@ class Report:
 
 
 async def build(
-    reader: JournalReader, since: float, until: float, destination: str | None = None, *, now: float | None = None
+    reader: JournalReader,
+    since: float,
+    until: float,
+    destination: str | None = None,
+    *,
+    now: float | None = None,
+    progress: Callable[[int], None] = lambda read: None,
 ) -> Report:
-    """Stream the window into counters; then duplicates and conflicts, then circuit periods."""
+    """Stream the window into counters; then duplicates and conflicts, then circuit periods.
+    `progress(read)` is called with the number of messages read so far."""
     now = time.time() if now is None else now
     report = Report(since, until, destination, as_of=now)
+    read = 0
     async for record in reader.window(since, until, destination):
+        read += 1
+        progress(read)
         key = (record.destination, record.message_type)
         group = report.groups.get(key)
         if group is None:
@@ -259,7 +270,14 @@ def write_text(report: Report, out: TextIO) -> None:
     )
 
 
-async def write_csv(reader: JournalReader, since: float, until: float, destination: str | None, out: TextIO) -> int:
+async def write_csv(
+    reader: JournalReader,
+    since: float,
+    until: float,
+    destination: str | None,
+    out: TextIO,
+    progress: Callable[[int], None] = lambda rows: None,
+) -> int:
     """One row per message received in the window (CSV_COLUMNS), streamed; returns the row count."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -270,17 +288,20 @@ async def write_csv(reader: JournalReader, since: float, until: float, destinati
              r.delivered_at or "", r.attempts]
         )  # fmt: skip
         rows += 1
+        progress(rows)
     return rows
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     async def work(settings: Settings) -> int:
         since, until = parse_window(args.since, args.until)
-        async with open_reader(settings) as reader:
-            if args.format == "csv":
-                await write_csv(reader, since, until, args.destination, sys.stdout)
-                return 0
-            report = await build(reader, since, until, args.destination)
+        # Count and rate of the messages read, on stderr when it is a terminal (the window's size is not known).
+        with Progress("report: messages read") as shown:
+            async with open_reader(settings) as reader:
+                if args.format == "csv":
+                    await write_csv(reader, since, until, args.destination, sys.stdout, shown.update)
+                    return 0
+                report = await build(reader, since, until, args.destination, progress=shown.update)
         if args.format == "json":
             print(json.dumps(report.as_json(), indent=2))
         else:

@@ -24,9 +24,11 @@ from gateway.broker.topology import Names, queue_arguments
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import Parking, QueuedMessage
 from gateway.operations import replay
+from gateway.progress import Progress
 from gateway.runtime.app import METRICS
 from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
+from tests.fakes import FakeTTY
 from tests.helpers import ADMIN_TOKEN, ROOT, RunningGateway, admin, config_doc, get_all, write_settings
 
 pytestmark = pytest.mark.integration
@@ -155,6 +157,21 @@ async def test_replay_acks_only_selections_and_leaves_the_rest_in_place_never_re
     assert all(m.redelivered for m in left)
     assert gw.metric("swgw_replayed_messages_total", {"destination": "vnaccs", "outcome": "replayed"}) == 5
     assert await queue_state(gw.settings, lock_of(gw.settings)) == ("free", 0)  # the lock went with the replay
+
+
+async def test_replay_draws_its_progress_on_a_terminal_and_nothing_in_a_pipe(gw: RunningGateway) -> None:
+    await park(gw.settings, [parked(f"P-{i}", "CUSDEC") for i in range(10)])
+    tty = FakeTTY()
+    with Progress("replay vnaccs: parked messages read", stream=tty, min_interval_s=0) as shown:
+        report = await replay.replay(gw.settings, "vnaccs", dry_run=True, progress=shown.update)
+    assert report.present == 10
+    frames = tty.getvalue().split("\r\033[K")[1:]
+    assert [f.split("  ")[0] for f in frames] == [f"replay vnaccs: parked messages read: {n}/10" for n in range(1, 11)]
+    assert frames[-1].endswith(" 0s left\n")
+    code, out, err = await swgw(gw.settings, "replay", "--destination", "vnaccs", "--dry-run")
+    assert code == 0, err
+    assert "would replay 10 of 10 parked" in out
+    assert "\r" not in err + out  # stderr is a pipe here: no progress drawn
 
 
 async def test_a_second_replay_is_refused_at_once_while_one_runs_anywhere(

@@ -5,12 +5,7 @@ from __future__ import annotations
 import io
 
 from gateway.progress import Progress
-from tests.fakes import FakeClock
-
-
-class FakeTTY(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+from tests.fakes import FakeClock, FakeTTY
 
 
 def test_a_terminal_gets_count_rate_and_time_left_on_one_rewritten_line() -> None:

@@ -15,7 +15,9 @@ from gateway.errors import InvalidQuery
 from gateway.journal.model import Event, EventKind, MessageFilter, MessageRecord, Page, Status
 from gateway.journal.store import WINDOW_CHUNK
 from gateway.operations import messages, reconcile, report
+from gateway.progress import Progress
 from gateway.timeutil import iso_unix
+from tests.fakes import FakeTTY
 from tests.unit.journal.stores import T0, Stores, arrival, queued
 
 DELIVERED, PARKED = EventKind.DELIVERED, EventKind.PARKED
@@ -170,6 +172,22 @@ async def test_the_report_streams_the_window_chunk_by_chunk(stores: Stores) -> N
     out = io.StringIO()
     assert await report.write_csv(store, T0, T0 + 3600, None, out) == n
     assert [line.split(",")[0] for line in out.getvalue().splitlines()[1:]] == ids  # oldest first, none twice
+
+
+async def test_the_report_shows_messages_read_on_a_terminal_only(stores: Stores) -> None:
+    store = await stores.started()
+    await asyncio.gather(*(queued(store, arrival(f"P-{i}", received=T0 + i)) for i in range(30)))
+    tty = FakeTTY()
+    with Progress("report: messages read", stream=tty, min_interval_s=0) as shown:
+        await report.build(store, T0, T0 + 3600, now=T0 + 3600, progress=shown.update)
+    frames = tty.getvalue().split("\r\033[K")[1:]
+    assert len(frames) == 30
+    assert frames[-1].startswith("report: messages read: 30  ")
+    assert frames[-1].endswith("/s\n")  # a rate; no time left, the window's size is not known
+    piped, out = io.StringIO(), io.StringIO()
+    with Progress("report", stream=piped, min_interval_s=0) as shown:
+        assert await report.write_csv(store, T0, T0 + 3600, None, out, shown.update) == 30
+    assert (piped.getvalue(), shown.done) == ("", 30)
 
 
 class Day:
