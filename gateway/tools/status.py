@@ -202,6 +202,11 @@ def _attention(rows: Sequence[Row], now: datetime) -> list[str]:
             out.append(f"! {r.id}: backend probe succeeded, trying one message before resuming; {held}")
         elif r.state == "paused":
             out.append(f"! {r.id}: paused by an operator; {held}; resume: POST /admin/destinations/{r.id}/resume")
+        elif r.state == "closed" and r.backlog and r.rate_per_s:
+            # A drain seen through --watch: how long until the backlog is gone at this rate. The
+            # rate is this replica's, so with several replicas delivering it is an upper bound.
+            left = _duration(r.backlog / r.rate_per_s)
+            out.append(f"  {r.id}: draining {r.backlog:,} at {r.rate_per_s:,.1f}/s, about {left} left")
         if r.parked:
             out.append(
                 f"! {r.id}: {r.parked:,} parked; inspect: swgw parked list --destination {r.id}; "

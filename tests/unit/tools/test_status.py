@@ -55,6 +55,15 @@ def test_render_shows_state_backlog_parked_rate_and_last_success_per_destination
     )
 
 
+def test_render_shows_a_drain_with_its_rate_and_time_left() -> None:
+    rows = [
+        Row("vnaccs", "closed", backlog=12_000, parked=0, rate_per_s=250.0),
+        Row("ecoo", "closed", backlog=40, parked=0, rate_per_s=0.0),  # nothing moving: no guess
+    ]
+    notes = status.render(rows, NOW).split("\n\n")[2]
+    assert notes == "  vnaccs: draining 12,000 at 250.0/s, about 48s left"
+
+
 def test_render_says_so_when_all_is_well_and_copes_with_unknowns() -> None:
     rows = [
         Row("vnaccs", "closed", backlog=0, parked=0, last_delivery_at=_ago(minutes=1, seconds=5)),
