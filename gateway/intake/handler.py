@@ -95,9 +95,13 @@ class Ingress:
         return response
 
     async def _accept(self, request: web.Request, labels: list[str]) -> web.Response:
-        if request.content_type not in XML_TYPES:
+        try:
+            content_type = request.content_type
+        except (IndexError, ValueError):  # aiohttp's parser fails on a malformed header (e.g. ";+*"): not XML
+            content_type = request.headers.get("Content-Type", "")
+        if content_type not in XML_TYPES:
             raise UnsupportedMediaType(
-                f"Content-Type {request.content_type or '(none)'!r} is not accepted; "
+                f"Content-Type {content_type or '(none)'!r} is not accepted; "
                 "send application/xml (or text/xml)."
             )
         partner = self.auth.partner_for(request.headers.get("Authorization"), peer_certificate(request))

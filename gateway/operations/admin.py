@@ -22,6 +22,7 @@ same destination runs anywhere (another gateway, `swgw replay`); see gateway/ope
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -143,7 +144,9 @@ class AdminApi:
     async def replay(self, request: web.Request) -> web.Response:
         dest = self._auth(request)
         try:
-            params = await request.json() if request.can_read_body else {}
+            # JSON is UTF-8 (RFC 8259): the bytes, never the Content-Type's charset, which may be
+            # malformed or unknown (aiohttp's request.json() then raised IndexError / LookupError: a 500)
+            params = json.loads(await request.read()) if request.can_read_body else {}
         except ValueError as exc:
             raise InvalidMessage(f"The replay request body is not JSON: {exc}", reason="bad_filter") from exc
         if not isinstance(params, dict):
