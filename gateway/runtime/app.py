@@ -36,7 +36,7 @@ from gateway.observability.metrics import Metrics, metrics_handler, request_timi
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
 from gateway.receipts import KeyRing
-from gateway.runtime import health
+from gateway.runtime import health, openapi
 from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
 
@@ -207,7 +207,11 @@ def create_app(
         )
         admin_app.add_routes(admin_routes)
         admin_app.router.add_get("/metrics", metrics_view)
+        admin_app.add_routes([openapi.view(openapi.document(partner_api=False, admin_api=True, health=False))])
         app[ADMIN_APP] = admin_app
     else:
         app.add_routes(admin_routes)
+    # What this listener serves, described (gateway/runtime/openapi/): one port for both describes both.
+    partner_api, admin_here = role in ("all", "ingress"), settings.admin.port is None
+    app.add_routes([openapi.view(openapi.document(partner_api=partner_api, admin_api=admin_here, health=True))])
     return app
