@@ -26,6 +26,8 @@ from xml.sax.saxutils import escape
 import pytest
 import requests
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -102,6 +104,10 @@ class LiveGateway:
                 {"id": "vn-inbox", "kind": "inbox", "partner": "VN-NSW", "lease_s": 30},
             ]
             doc = config_doc(self.prefix, partners=partners, destinations=destinations)
+            key = ed25519.Ed25519PrivateKey.generate()  # signed receipts: the 202's `receipt` is checked too
+            pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+            (self.tmp_path / "receipts.pem").write_bytes(pem)
+            doc["receipts"] = {"signing_keys": ["receipts.pem"]}
             settings_ = write_settings(self.tmp_path, doc)
             try:
                 async with run_gateway(settings_) as gw:
@@ -232,6 +238,8 @@ def checker(base_url: str, label: str, headers: dict[str, str], failures: list[s
     def check(case: Any) -> None:
         response = case.call(base_url=base_url, headers=headers, timeout=15)
         seen[f"{label} {response.status_code}"] += 1
+        if response.status_code in (200, 202) and case.path == "/v1/messages":
+            seen[f"{label} {response.status_code} signed"] += "receipt" in response.json()
         if "problem+json" in str(response.headers.get("content-type")):
             with contextlib.suppress(ValueError, AttributeError):
                 seen[f"{label} {response.status_code} {response.json().get('reason')}"] += 1
@@ -297,4 +305,5 @@ def test_no_5xx_and_every_answer_matches_the_description(live: LiveGateway) -> N
         "GET /admin/messages/{sender}/{message_id} 200",
     ):
         assert seen[answer], f"no {answer}"
+    assert seen["POST /v1/messages 202 signed"], "the 202 carries a signed receipt"
     assert not failures, "\n".join(dict.fromkeys(failures))
