@@ -1,5 +1,5 @@
 # swgw gateway image. NOTE: written carefully but never built here (no Docker engine on the
-# development machines or in CI); see README "Docker".
+# development machines or in CI); see docs/operations.md "Docker".
 #
 #   docker build -t swgw .
 #   docker run -p 8080:8080 -e SWGW_BROKER_URL=amqp://user:pass@rabbitmq:5672/ swgw

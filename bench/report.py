@@ -1,4 +1,4 @@
-"""Turn the suite's results into the Markdown table (README's Performance section) and profile summaries."""
+"""Turn the suite's results into the Markdown table (docs/performance.md) and profile summaries."""
 
 from __future__ import annotations
 

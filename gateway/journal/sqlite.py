@@ -46,7 +46,7 @@ class SqliteStore(StoreReading):
     thread, so a cancelled request can never leave two threads on the connection. Calls
     that arrive while a batch runs go together in the next thread hop (`_run`), each its
     own transaction. WAL with synchronous=NORMAL survives a killed process; a power cut
-    may lose the last commits (README: what can be missing after which crash).
+    may lose the last commits (docs/operations.md: what can be missing after which crash).
     `purge_batch` rows go per purge transaction, so a purge never holds the file for long.
     """
 

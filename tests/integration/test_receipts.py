@@ -49,7 +49,7 @@ async def jwks_of(gw: RunningGateway) -> dict[str, Any]:
 
 
 def partner_verifies(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
-    """What the README tells a partner to do, with PyJWT alone: pick the key by kid, verify."""
+    """What docs/partners.md tells a partner to do, with PyJWT alone: pick the key by kid, verify."""
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in jwt.PyJWKSet.from_dict(jwks).keys if k.key_id == kid)
     claims: dict[str, Any] = json.loads(jwt.api_jws.decode(token, key.key, algorithms=[key.algorithm_name]))
@@ -229,12 +229,12 @@ async def test_verify_receipt_cli_exit_codes_and_check_config(
     assert f"receipts: signed with EdDSA key {jwks['keys'][0]['kid']} (receipts.pem)" in check.stdout
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PARTNER_DOCS = Path(__file__).resolve().parents[2] / "docs" / "partners.md"  # the receipts section
 
 
 def readme_snippet() -> str:
-    """The partner's PyJWT snippet, as the README prints it."""
-    text = README.read_text(encoding="utf-8").split("<!-- receipt-snippet -->", 1)[1]
+    """The partner's PyJWT snippet, as docs/partners.md prints it."""
+    text = PARTNER_DOCS.read_text(encoding="utf-8").split("<!-- receipt-snippet -->", 1)[1]
     block = text.split("```python\n", 1)[1].split("```", 1)[0]
     return textwrap.dedent(block)
 
