@@ -228,9 +228,13 @@ class TcpProxy:
             w.close()
         self._writers.clear()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _passing(self, *, from_target: bool) -> None:
+        """Called before each chunk is passed on; a subclass may hold it back here."""
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_target: bool) -> None:
         try:
             while data := await reader.read(65536):
+                await self._passing(from_target=from_target)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -245,7 +249,9 @@ class TcpProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, from_target=False), self._pipe(up_reader, writer, from_target=True)
+        )
         self._writers.discard(writer)
         self._writers.discard(up_writer)
 

@@ -15,9 +15,9 @@ from gateway.broker.topology import Names, queue_arguments
 from gateway.settings.model import Settings
 from tests.helpers import (
     SCHEMAS,
+    TcpProxy,
     config_doc,
     drop_pg_table,
-    free_port,
     get_all,
     require_postgres,
     run_gateway,
@@ -194,7 +194,7 @@ async def test_simultaneous_posts_of_one_id_with_different_bodies_never_get_two_
 # --- a confirm timeout followed by a late confirm -----------------------------------------------
 
 
-class HoldingProxy:
+class HoldingProxy(TcpProxy):
     """A loopback TCP proxy to RabbitMQ that can hold back what the broker sends (its confirms).
 
     `hold()`: frames from the broker are read but not passed on until `release()`, so a publish
@@ -203,13 +203,10 @@ class HoldingProxy:
     """
 
     def __init__(self, target_port: int = 5672) -> None:
-        self.target_port = target_port
-        self.port = free_port()
+        super().__init__(target_port)
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.holding_something = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
     def hold(self) -> None:
         self.holding_something.clear()
@@ -218,42 +215,18 @@ class HoldingProxy:
     def release(self) -> None:
         self._flowing.set()
 
+    async def _passing(self, *, from_target: bool) -> None:
+        if from_target and not self._flowing.is_set():
+            self.holding_something.set()
+            await self._flowing.wait()
+
     async def __aenter__(self) -> HoldingProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        await self.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self.release()
-        if self._server is not None:
-            self._server.close()
-        for w in list(self._writers):
-            w.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_broker: bool) -> None:
-        try:
-            while data := await reader.read(65536):
-                if from_broker and not self._flowing.is_set():
-                    self.holding_something.set()
-                    await self._flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        await asyncio.gather(
-            self._pipe(reader, up_writer, from_broker=False), self._pipe(up_reader, writer, from_broker=True)
-        )
+        await self.cut()
 
 
 async def test_a_late_confirm_after_a_confirm_timeout_settles_the_claim_and_queues_the_message_once(
