@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.broker.topology import Names
-from gateway.runtime.app import BROKER, create_app
+from gateway.runtime.app import BROKER, DELIVERY, create_app
 from gateway.settings.load import load_settings
 from gateway.settings.model import Settings
 from gateway.tools.simulator import Simulator
@@ -156,6 +156,12 @@ async def run_gateway(settings: Settings, *, wait_ready: bool = True, **kwargs: 
     try:
         if wait_ready:
             await asyncio.wait_for(app[BROKER].connected.wait(), timeout=20)
+            if DELIVERY in app:  # ready means every destination worker has settled (consuming, paused, ...)
+                workers = app[DELIVERY].workers.values()
+                await until(
+                    lambda: all(w.state not in ("starting", "disconnected") for w in workers),
+                    what="every destination worker to consume",
+                )
         yield RunningGateway(app, f"http://127.0.0.1:{port}", settings, registry, session)
     finally:
         await session.close()
