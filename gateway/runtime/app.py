@@ -35,6 +35,7 @@ from gateway.journal.service import Journal
 from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
+from gateway.operations.console_api import ConsoleApi
 from gateway.receipts import KeyRing
 from gateway.runtime import health, openapi
 from gateway.settings.model import Settings
@@ -201,6 +202,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_view)
 
     admin_routes = AdminApi(settings, broker, delivery, metrics, reader=journal.reader, journal=journal.writer).routes()
+    admin_routes += ConsoleApi(settings, metrics, reader=journal.reader).routes()  # the ops console and its API
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
         admin_app = web.Application(
             middlewares=[request_timing_middleware(metrics), problem_middleware], handler_args=handler_args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.runtime.openapi import console
 from gateway.runtime.openapi.common import (
     JSON,
     NULLABLE_INT,
@@ -58,6 +59,14 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "state": {"type": "string"},
             "consuming": {"type": "boolean"},
+            "replica": {"type": "string", "description": "The replica answering ([broker] replica_id)."},
+            "active": {
+                "type": "boolean",
+                "description": "This replica's consumer is the queue's single active one (it has been sent "
+                "messages); false on a waiting replica, and on an idle queue until the first message.",
+            },
+            "active_since": NULLABLE_STRING,
+            "consumer_tag": NULLABLE_STRING,
             "circuit": {"type": "string"},
             "paused": {"type": "boolean"},
             "backlog": NULLABLE_INT,
@@ -132,6 +141,7 @@ SCHEMAS: dict[str, Any] = {
             "next_cursor": NULLABLE_STRING,
         },
     ),
+    **console.SCHEMAS,
 }
 
 DEST_ID = {
@@ -285,4 +295,5 @@ def paths() -> dict[str, Any]:
                 },
             }
         },
+        **console.paths(),  # the ops console's pages and the routes it needed
     }
