@@ -65,7 +65,15 @@ async def wait_http(url: str, timeout_s: float = 30.0, ok: Iterable[int] = (200,
 
 
 def gateway_toml(
-    prefix: str, port: int, sink_port: int, dedup_path: Path, *, admin_port: int, dedup: str = "sqlite"
+    prefix: str,
+    port: int,
+    sink_port: int,
+    dedup_path: Path,
+    *,
+    admin_port: int,
+    dedup: str = "sqlite",
+    dsn: str | None = None,
+    table: str | None = None,
 ) -> str:
     """The gateway's settings for the bench: ops/gateway.toml plus what production tuning says.
 
@@ -99,6 +107,8 @@ format = "json"
 [dedup]
 backend = "{dedup}"
 path = "{dedup_path}"
+{f'dsn = "{dsn}"' if dsn else ""}
+{f'table = "{table}"' if table else ""}
 
 [[partners]]
 id = "VN-NSW"
@@ -215,3 +225,40 @@ def env_without_proxy() -> dict[str, str]:
         env.pop(k, None)
     env["NO_PROXY"] = "127.0.0.1,localhost"
     return env
+
+
+# -- CPU time -------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far, from /proc/<pid>/stat (0 once it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+    return 0.0
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its direct children (a gateway with --workers)."""
+    return cpu_s(pid) + sum(cpu_s(c) for c in children_of(pid))
+
+
+def rabbit_pid() -> int | None:
+    """The pid of the RabbitMQ node listening on 127.0.0.1:5672 (beam.smp), from `ss`; None if unknown."""
+    import re
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["ss", "-ltnpH", "sport = :5672"], capture_output=True, text=True, timeout=5).stdout
+        m = re.search(r'"beam\.smp",pid=(\d+)', out)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def load_average() -> str:
+    """`uptime`'s load averages, recorded with each run (the machine is shared)."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"

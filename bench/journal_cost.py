@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.backlog import declare_topology, publish_backlog
 from bench.common import gateway_toml, purge, queue_name, wait_http
-from bench.suite import RESULTS, Bench, _git_rev, declare_topology, log, publish_backlog
+from bench.suite import RESULTS, Bench, _git_rev, log
 
 TARGET = 0.10  # the journal may cost at most 10% of intake throughput and of the drain rate
 MODES = ("on", "off")

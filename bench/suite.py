@@ -43,41 +43,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 
 from bench import report
+from bench.backlog import depth, publish_backlog
 from bench.common import (
     ADMIN_TOKEN,
-    DEST,
-    RABBIT_URL,
     ROOT,
     TOKEN,
     delete_topology,
     free_port,
     gateway_toml,
+    load_average,
     parking_name,
     purge,
-    queue_depth,
     queue_name,
     rss_mb,
     split_payload,
     summary,
     wait_http,
 )
+from bench.phases import CpuMeter, Phases, _median
 from bench.procs import PYTHON, SWGW, Proc
-from gateway.messages import Parking, QueuedMessage
-from gateway.timeutil import iso, now_utc
 
 RESULTS = ROOT / "bench" / "results"
-PHASES = ("validation", "intake", "drain", "replay")
+PG_DSN = "postgresql://swgw:swgw@127.0.0.1:5432/swgw_test"  # the tests' database (tests/helpers.py)
+PHASES = ("validation", "intake", "drain", "replay", "backlog", "scale", "outage")
+DEFAULT_PHASES = ("validation", "intake", "drain", "replay", "backlog", "scale")
 
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-class Bench:
+class Bench(Phases):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -97,6 +96,17 @@ class Bench:
                 dedup=args.dedup,
             )
         )
+        self.pg_config: Path | None = None
+        self.pg_port = free_port()
+        self.pg_table = f"bench_{self.prefix[6:]}"
+        if args.pg_dsn:
+            self.pg_config = self.tmp / "gateway-pg.toml"
+            self.pg_config.write_text(
+                gateway_toml(
+                    self.prefix, self.pg_port, self.sink_port, self.tmp / "unused.sqlite3",
+                    admin_port=free_port(), dedup="postgres", dsn=args.pg_dsn, table=self.pg_table,
+                )
+            )  # fmt: skip
         pre, post = split_payload()
         (self.tmp / "pre").write_bytes(pre)
         (self.tmp / "post").write_bytes(post)
@@ -113,13 +123,16 @@ class Bench:
         if proc in self.procs:
             self.procs.remove(proc)
 
-    def gateway(self, role: str) -> Proc:
-        argv = [SWGW, "serve", "--config", str(self.config), "--role", role]
-        if self.args.workers > 1:
-            argv += ["--workers", str(self.args.workers)]
+    def gateway(
+        self, role: str, workers: int | None = None, *, config: Path | None = None, port: int | None = None
+    ) -> Proc:
+        argv = [SWGW, "serve", "--config", str(config or self.config), "--role", role]
+        workers = self.args.workers if workers is None else workers
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         proc = self.start(f"gateway-{role}", argv)
         try:
-            asyncio.run(wait_http(f"http://127.0.0.1:{self.gw_port}/readyz", timeout_s=60))
+            asyncio.run(wait_http(f"http://127.0.0.1:{port or self.gw_port}/readyz", timeout_s=60))
         except TimeoutError:
             raise RuntimeError(f"gateway did not become ready:\n{proc.tail()}") from None
         return proc
@@ -141,6 +154,9 @@ class Bench:
         self.procs.clear()
         with contextlib.suppress(Exception):
             asyncio.run(delete_topology(self.prefix, [self.ceiling_queue]))
+        if self.args.pg_dsn:
+            with contextlib.suppress(Exception):
+                asyncio.run(_drop_pg(self.args.pg_dsn, self.pg_table))
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -199,53 +215,69 @@ class Bench:
         print(out)
 
     def phase_intake(self) -> None:
+        """Saturation, then open-loop latency at half the ceiling's saturation rate, servers alternating."""
         log(f"intake: ceiling and gateway, {self.args.workers} process(es) each")
-        ceiling = self.ceiling()
-        gw = self.gateway("ingress")
+        procs = {"ceiling": self.ceiling(), "gateway": self.gateway("ingress")}
         servers = {"ceiling": self.ceiling_port, "gateway": self.gw_port}
+        if self.pg_config is not None:
+            procs["gateway_pg"] = self.gateway("ingress", config=self.pg_config, port=self.pg_port)
+            servers["gateway_pg"] = self.pg_port
         queues = [self.ceiling_queue, queue_name(self.prefix)]
-        sat: dict[str, list[float]] = {"ceiling": [], "gateway": []}
-        lat: dict[str, dict[str, list[dict[str, Any]]]] = {n: {"200": [], "1000": []} for n in servers}
-        profile: Callable[[], None] | None = None
+        sat: dict[str, list[float]] = {n: [] for n in servers}
+        cpu: dict[str, list[dict[str, float | None]]] = {n: [] for n in servers}
+        lat: dict[str, list[dict[str, Any]]] = {n: [] for n in servers if n != "gateway_pg"}
+        names = list(servers)
         try:
             for port in servers.values():  # warm-up, not measured
                 self.saturate(port, 3)
-                self.open_loop(port, 200)
             asyncio.run(purge(queues))
             for run in range(self.args.runs):
-                for name, port in servers.items():
+                for name in names if run % 2 == 0 else names[::-1]:
+                    profile = None
                     if name == "gateway" and run == 0 and self.args.profile:
-                        profile = self.start_profile(gw, "intake")
-                    rate = self.saturate(port, self.args.saturation_s)
+                        profile = self.start_profile(procs[name], "intake")
+                    meter = CpuMeter(procs[name].pid)
+                    meter.start()
+                    rate = self.saturate(servers[name], self.args.saturation_s)
+                    cpu[name].append(meter.stop(rate * self.args.saturation_s))
                     if profile is not None:
                         profile()
-                        profile = None
                     sat[name].append(rate)
-                    log(f"  run {run + 1}: {name} saturation {rate:,.0f}/s")
+                    c = cpu[name][-1]
+                    log(
+                        f"  run {run + 1}: {name} saturation {rate:,.0f}/s; CPU per message "
+                        f"{c['proc_ms_per_msg'] or 0:.3f} ms, RabbitMQ {c['rabbit_ms_per_msg'] or 0:.3f} ms"
+                    )
                     asyncio.run(purge(queues))
-                for offered in (200, 1000):
-                    for name, port in servers.items():
-                        r = self.open_loop(port, offered)
-                        lat[name][str(offered)].append(r)
-                        log(
-                            f"  run {run + 1}: {name} @{offered}/s p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} "
-                            f"max {r['max_ms']:.1f} ms, {r['accepted']}/{r['requests']} accepted, "
-                            f"generator lag p99 {r['lag_p99_ms']:.1f} ms"
-                        )
-                        asyncio.run(purge(queues))
-            gw_rss = rss_mb(gw.pid)
+            half = summary(sat["ceiling"])["median"] / 2
+            log(f"  open loop at {half:,.0f}/s (half the ceiling's saturation rate)")
+            for name in lat:
+                self.open_loop(servers[name], half)  # warm-up at this rate
+            for run in range(self.args.runs):
+                for name in list(lat) if run % 2 == 0 else list(lat)[::-1]:
+                    r = self.open_loop(servers[name], half)
+                    lat[name].append(r)
+                    log(
+                        f"  run {run + 1}: {name} @{half:,.0f}/s p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} "
+                        f"max {r['max_ms']:.1f} ms, {r['accepted']}/{r['requests']} accepted, "
+                        f"generator lag p99 {r['lag_p99_ms']:.1f} ms"
+                    )
+                    asyncio.run(purge(queues))
+            gw_rss = rss_mb(procs["gateway"].pid)
         finally:
-            self.stop(gw)
-            self.stop(ceiling)
+            for proc in procs.values():
+                self.stop(proc)
         self.results["intake"] = {
             "saturation": {n: summary(v) for n, v in sat.items()},
+            "cpu_ms_per_msg": {
+                n: {k: _median([c[k] for c in v]) for k in ("proc_ms_per_msg", "rabbit_ms_per_msg")}
+                for n, v in cpu.items()
+            },
+            "half_rate": half,
             "latency": {
-                n: {
-                    rate: {k: summary([r[k] for r in runs]) for k in ("p50_ms", "p99_ms", "max_ms", "lag_p99_ms")}
-                    | {"accepted": sum(r["accepted"] for r in runs), "requests": sum(r["requests"] for r in runs)}
-                    for rate, runs in by_rate.items()
-                }
-                for n, by_rate in lat.items()
+                n: {k: summary([r[k] for r in runs]) for k in ("p50_ms", "p99_ms", "max_ms", "lag_p99_ms")}
+                | {"accepted": sum(r["accepted"] for r in runs), "requests": sum(r["requests"] for r in runs)}
+                for n, runs in lat.items()
             },
             "gateway_rss_mb": gw_rss[0],
             "connections": self.args.connections,
@@ -272,9 +304,10 @@ class Bench:
 
         return finish
 
-    def phase_drain(self) -> None:
+    def phase_outage(self) -> None:
+        """The drain after an outage: circuit open, backlog, sink up; probe, trial and slow start included."""
         size = self.args.drain_size
-        log(f"drain: backlog of {size:,} with the backend down, then the sink comes up")
+        log(f"outage drain: backlog of {size:,} with the backend down, then the sink comes up")
         gw = self.gateway("all")
         pids = [gw.pid, *_children(gw.pid)]
         samples: list[tuple[float, str, float]] = []  # (t, stage, total RSS MB)
@@ -293,7 +326,7 @@ class Bench:
             log(f"  backlog of {size:,} published in {built_s:.1f}s ({size / built_s:,.0f}/s, pipelined confirms)")
             time.sleep(3)
             sitting = max(sample("backlog sitting") for _ in range(3))
-            queued = asyncio.run(_depth(queue_name(self.prefix)))  # the backlog plus the seed message
+            queued = asyncio.run(depth(queue_name(self.prefix)))  # the backlog plus the seed message
             if queued != size + 1:
                 log(f"  note: {queued:,} messages in the queue, expected {size + 1:,}; timing the drain of all of them")
             sink = self.sink()
@@ -313,7 +346,7 @@ class Bench:
                 self.stop(sink)
             asyncio.run(purge([queue_name(self.prefix), parking_name(self.prefix)]))
         during = [s for _, st, s in samples if st == "draining"]
-        self.results["drain"] = {
+        self.results["outage"] = {
             "size": size,
             "queued": queued,
             "drain_s": drain_s,
@@ -371,89 +404,21 @@ class Bench:
                 await asyncio.sleep(0.05)
         raise TimeoutError(f"the sink got fewer than {count} messages in time")
 
-    def phase_replay(self) -> None:
-        size = self.args.replay_size
-        log(f"replay: {size:,} parked messages with swgw replay")
-        # the gateway declares the topology; it is not running now, so declare it here
-        asyncio.run(declare_topology(self.config))
-        queued_before = asyncio.run(_depth(queue_name(self.prefix)))
-        asyncio.run(publish_backlog(parking_name(self.prefix), self.prefix, size, parked=True))
-        t0 = time.monotonic()
-        out = subprocess.run(
-            [SWGW, "replay", "--config", str(self.config), "--destination", DEST],
-            capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
-        replay_s = time.monotonic() - t0
-        if out.returncode != 0:
-            raise RuntimeError(f"swgw replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        moved = asyncio.run(_depth(queue_name(self.prefix))) - queued_before
-        if queued_before:
-            log(f"  note: {queued_before:,} messages were already in the destination queue before the replay")
-        asyncio.run(purge([queue_name(self.prefix), parking_name(self.prefix)]))
-        self.results["replay"] = {"size": size, "replay_s": replay_s, "msg_per_s": size / replay_s, "moved": moved}
-        log(f"  replayed {size:,} in {replay_s:.1f}s = {size / replay_s:,.0f}/s ({moved:,} now in the queue)")
+
+async def _drop_pg(dsn: str, table: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}_events"; DROP TABLE IF EXISTS "{table}"')
+    finally:
+        await conn.close()
 
 
 def _children(pid: int) -> list[int]:
     from bench.common import children_of
 
     return children_of(pid)
-
-
-async def _depth(queue: str) -> int:
-    conn = await aio_pika.connect(RABBIT_URL)
-    async with conn:
-        return await queue_depth(await conn.channel(), queue)
-
-
-async def declare_topology(config: Path) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from gateway.broker.publisher import Broker
-    from gateway.observability.metrics import Metrics
-    from gateway.settings.load import load_settings
-
-    settings = load_settings(config)
-    broker = Broker(settings, Metrics(CollectorRegistry()))
-    conn = await aio_pika.connect(RABBIT_URL)
-    async with conn:
-        await broker.declare(await conn.channel())
-
-
-async def publish_backlog(queue: str, prefix: str, count: int, *, parked: bool, window: int = 2000) -> None:
-    """Publish `count` messages straight into `queue`, confirms pipelined `window` deep.
-
-    Each is what intake would have queued (QueuedMessage.to_amqp: same body, headers and
-    properties), or for `parked` what delivery parks after a 400.
-    """
-    pre, post = split_payload()
-    run = uuid.uuid4().hex[:8]
-    received = iso(now_utc())
-    parking = Parking(reason="rejected", status=400, excerpt="bench", attempts=1, parked_at=received)
-    conn = await aio_pika.connect(RABBIT_URL)
-    async with conn:
-        channel = await conn.channel(publisher_confirms=True)
-        sem = asyncio.Semaphore(window)
-
-        async def one(i: int) -> None:
-            try:
-                mid = f"backlog-{run}-{i}"
-                msg = QueuedMessage(
-                    message_id=mid, correlation_id=None, message_type="CUSDEC", sender="VN-NSW",
-                    receiver="VN-VNACCS", destination=DEST, received_at=received,
-                    body=pre + mid.encode() + post,
-                )  # fmt: skip
-                if parked:
-                    msg = msg.parked(parking)
-                await channel.default_exchange.publish(msg.to_amqp(), routing_key=queue)
-            finally:
-                sem.release()
-
-        tasks = []
-        for i in range(count):
-            await sem.acquire()
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,11 +435,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dedup", choices=("sqlite", "none"), default="sqlite", help="gateway dedup store (none: to see its cost)"
     )
-    parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's first saturation run")
+    parser.add_argument("--backlog-size", type=int, default=1_000_000, help="messages waiting in the backlog phase")
+    parser.add_argument("--scale", default="1,2,4", help="gateway process counts for the scale phase")
+    parser.add_argument("--scale-runs", type=int, default=1, help="saturation runs per process count")
+    parser.add_argument("--half-rate", type=float, default=None, help="open-loop rate of the backlog phase "
+                        "when the intake phase does not run (default: half the ceiling's saturation rate)")  # fmt: skip
+    parser.add_argument(
+        "--pg-dsn", default=os.environ.get("SWGW_BENCH_PG_DSN", PG_DSN),
+        help="PostgreSQL for a second gateway in the intake phase (a table of its own, dropped after); '' = none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="smoke run: 1 run, 3 s per load, 2,000-message drain/replay/backlog, scale 1,2",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (outage: the drain after an outage, slow start included)",
+    )  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's first saturation run and drain")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and process logs")
     parser.add_argument("--output", default="latest", help="results file stem under bench/results/")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.saturation_s, args.latency_s, args.scale = 1, 3.0, 3.0, "1,2"
+        args.drain_size = args.replay_size = args.backlog_size = 2_000
+    if args.pg_dsn and not _pg_reachable(args.pg_dsn):
+        log(f"PostgreSQL not reachable at {args.pg_dsn.split('@')[-1]}: the intake phase runs without it")
+        args.pg_dsn = ""
     phases = [p for p in args.only.split(",") if p]
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -482,7 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     started = time.monotonic()
-    log(f"prefix {bench.prefix}, logs in {bench.tmp}, {os.cpu_count()} CPUs, wrk: {bench.wrk or 'not found'}")
+    load_before = load_average()
+    log(
+        f"prefix {bench.prefix}, logs in {bench.tmp}, {os.cpu_count()} CPUs, wrk: {bench.wrk or 'not found'}, "
+        f"load average {load_before}"
+    )
     try:
         for phase in PHASES:
             if phase in phases:
@@ -498,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "runs": args.runs,
         "dedup": args.dedup,
+        "postgres": bool(args.pg_dsn),
         "git": _git_rev(),
+        "load_average": {"before": load_before, "after": load_average()},
     }
     md = report.markdown(bench.results)
     (RESULTS / f"{args.output}.json").write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
@@ -506,6 +499,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     return 0
+
+
+def _pg_reachable(dsn: str) -> bool:
+    async def probe() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception:
+        return False
+    return True
 
 
 def _git_rev() -> str:
