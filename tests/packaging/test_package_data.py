@@ -32,7 +32,8 @@ def test_package_data_are_links_to_the_folders_partners_and_ops_use() -> None:
 
 def test_pyproject_ships_them() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert config["tool"]["setuptools"]["package-data"]["gateway"] == ["schemas/**/*", "tools/demo.toml"]
+    shipped = ["schemas/**/*", "tools/demo.toml", "operations/console/*"]
+    assert config["tool"]["setuptools"]["package-data"]["gateway"] == shipped
     assert config["project"]["license"] == "Apache-2.0"  # SPDX string: no deprecation warning at install
 
 

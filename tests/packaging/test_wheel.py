@@ -102,6 +102,18 @@ def test_the_wheel_carries_schemas_and_the_demo_config_exactly_as_in_the_checkou
     assert demo_config == (ROOT / "ops" / "gateway.toml").read_bytes()
 
 
+def test_the_wheel_carries_the_console_and_the_installed_package_serves_it(installed: Installed) -> None:
+    """The ops console's pages are package data: in the wheel byte for byte, read back with importlib.resources."""
+    folder = ROOT / "gateway" / "operations" / "console"
+    with zipfile.ZipFile(installed.wheel) as whl:
+        prefix = "gateway/operations/console/"
+        packaged = {n.removeprefix(prefix): whl.read(n) for n in whl.namelist() if n.startswith(prefix)}
+    assert packaged == {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert {"index.html", "console.js", "console.css"} <= set(packaged)
+    names = installed.python("from gateway.operations.console_api import console_files; print(sorted(console_files()))")
+    assert names == str(sorted(packaged))
+
+
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installed) -> None:
     assert installed.package.is_relative_to(installed.venv)
     assert installed.python("from gateway.intake.validation import MESSAGE_SET; print(MESSAGE_SET)") == str(
