@@ -185,17 +185,25 @@ async def delete_topology(settings: Settings, url: str = RABBIT_URL) -> None:
 
 
 async def get_all(queue: str, url: str = RABBIT_URL, *, ack: bool = True) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Read every message now in `queue` (acking them unless ack=False)."""
-    out = []
+    """Read every message now in `queue` (acking them unless ack=False).
+
+    By a consumer, not basic.get: RabbitMQ refuses basic.get on a destination queue (single
+    active consumer). The passive declare says how many are ready; the consumer takes that many.
+    """
+    out: list[aio_pika.abc.AbstractIncomingMessage] = []
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel()
-        q = await ch.get_queue(queue, ensure=True)
-        while True:
-            msg = await q.get(no_ack=False, fail=False)
-            if msg is None:
-                break
-            out.append(msg)
+        q = await ch.declare_queue(queue, passive=True)
+        ready = q.declaration_result.message_count or 0
+        if not ready:
+            return out
+        got: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        tag = await q.consume(got.put, no_ack=False)
+        async with asyncio.timeout(10):
+            while len(out) < ready:
+                out.append(await got.get())
+        await q.cancel(tag)
         for m in out:
             if ack:
                 await m.ack()

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -89,7 +91,7 @@ class RabbitNodeError(RuntimeError):
 class RabbitNode:
     """One private broker. `base_dir` holds everything it writes; ports are picked once."""
 
-    def __init__(self, base_dir: Path, *, name: str | None = None) -> None:
+    def __init__(self, base_dir: Path, *, name: str | None = None, cookie: str | None = None) -> None:
         sbin = rabbitmq_sbin()
         if sbin is None:
             raise RabbitNodeError("rabbitmq-server is not installed (ops/setup-env.sh installs it)")
@@ -102,10 +104,10 @@ class RabbitNode:
         self.starts: list[float] = []  # seconds each start took to the AMQP handshake
         home = base_dir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        cookie = home / ".erlang.cookie"
-        if not cookie.exists():
-            cookie.write_text(secrets.token_hex(16).upper())
-            cookie.chmod(0o400)
+        cookie_file = home / ".erlang.cookie"
+        if not cookie_file.exists():
+            cookie_file.write_text(cookie or secrets.token_hex(16).upper())
+            cookie_file.chmod(0o400)
         (base_dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
             "vm_memory_high_watermark.relative = 0.4\n"
@@ -261,3 +263,99 @@ class RabbitNode:
             with contextlib.suppress(OSError):
                 chunks.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks)
+
+
+class RabbitCluster:
+    """Three (or `size`) private nodes on loopback joined into one cluster, for the replica drill.
+
+    Each node is a `RabbitNode` (own name, ports, data folder) sharing one Erlang cookie; the
+    first is the seed and the others `join_cluster` it (stop_app, join, start_app), as the
+    RabbitMQ clustering guide does it by hand. `start()` boots the nodes in parallel threads
+    (a boot is mostly waiting), then joins them one by one and checks `cluster_status` lists
+    them all running. `kill(node)` is a `kill -9`; `restart(node)` brings it back on its data,
+    where it rejoins by itself.
+    """
+
+    def __init__(self, base_dir: Path, size: int = 3) -> None:
+        tag = secrets.token_hex(3)
+        cookie = secrets.token_hex(16).upper()
+        self.nodes = [
+            RabbitNode(base_dir / f"node{i}", name=f"swgwclu{i}-{tag}@localhost", cookie=cookie) for i in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def seed(self) -> RabbitNode:
+        return self.nodes[0]
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Boot every node, join them to the first; returns the seconds it took."""
+        started = time.monotonic()
+        errors: list[BaseException] = []
+
+        def boot(node: RabbitNode) -> None:
+            try:
+                node.start(timeout_s=timeout_s)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=boot, args=(n,)) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.remove()
+            raise errors[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", self.seed.name)
+            node.ctl("start_app")
+        self.wait_members(len(self.nodes))
+        return time.monotonic() - started
+
+    def running_members(self, via: RabbitNode | None = None) -> list[str]:
+        """Names of the cluster's running nodes, as `via` (default: a running node) sees them."""
+        node = via or next(n for n in self.nodes if n.running)
+        status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+        return sorted(status.get("running_nodes", []))
+
+    def wait_members(self, count: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.running_members()) < count:
+            if time.monotonic() > deadline:
+                raise RabbitNodeError(f"cluster has {self.running_members()} running, wanted {count}")
+            time.sleep(0.5)
+
+    def node(self, name: str) -> RabbitNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def leader(self, queue: str) -> RabbitNode:
+        """The node that leads quorum queue `queue` now (`rabbitmqctl list_queues name leader`)."""
+        via = next(n for n in self.nodes if n.running)
+        rows = json.loads(via.ctl("list_queues", "name", "leader", "--formatter", "json"))
+        for row in rows:
+            if row.get("name") == queue and row.get("leader"):
+                return self.node(str(row["leader"]))
+        raise RabbitNodeError(f"no leader for {queue!r} in {rows}")
+
+    def members(self, queue: str) -> list[str]:
+        """The quorum queue's members (`rabbitmqctl list_queues name members`)."""
+        via = next(n for n in self.nodes if n.running)
+        rows = json.loads(via.ctl("list_queues", "name", "members", "--formatter", "json"))
+        return next((sorted(r["members"]) for r in rows if r.get("name") == queue), [])
+
+    def consumers(self, queue: str) -> list[dict[str, object]]:
+        """`rabbitmqctl list_consumers` rows of `queue`: consumer_tag, active, activity_status."""
+        via = next(n for n in self.nodes if n.running)
+        rows = json.loads(
+            via.ctl("list_consumers", "queue_name", "consumer_tag", "active", "activity_status", "--formatter", "json")
+        )
+        return [r for r in rows if r.get("queue_name") == queue]
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.remove()

@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from gateway.broker.topology import Names, declare_topology
+from gateway.broker.nodes import Nodes
+from gateway.broker.topology import Declared, Names, declare_topology
 from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
@@ -43,7 +44,7 @@ _CONNECTION_ERRORS = (
 )
 
 
-def _is_blocked(connection: AbstractRobustConnection | None) -> bool:
+def _is_blocked(connection: AbstractConnection | None) -> bool:
     """True while RabbitMQ blocks publishers (memory/disk alarm).
 
     aiormq tracks connection.blocked/unblocked in a private event and simply stops
@@ -92,13 +93,17 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 
 class Broker:
-    """Owns the connection. Start it once; it reconnects by itself for the process lifetime."""
+    """Owns the connection. Start it once; it reconnects (to the next node, with several) for the process lifetime."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.names = Names(settings.broker.prefix)
         self.metrics = metrics
-        self.connection: AbstractRobustConnection | None = None
+        self.connection: AbstractConnection | None = None
+        self._nodes = Nodes(settings.broker, "swgw")
+        self._connections = 0  # connections that got as far as a declared topology
+        self.declared = Declared()  # queues that predate an argument (topology.py)
+        self._warned: set[str] = set()
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,36 +148,49 @@ class Broker:
         return _is_blocked(self.connection)
 
     async def _connect_loop(self) -> None:
-        b = self.settings.broker
-        url = b.url.reveal()
-        sep = "&" if "?" in url else "?"
-        url = f"{url}{sep}heartbeat={b.heartbeat_s}&name=swgw"
-        while self.connection is None:
-            try:
-                conn = await aio_pika.connect_robust(
-                    url, timeout=b.connect_timeout_s, reconnect_interval=b.reconnect_interval_s
-                )
-            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-                log.warning(
-                    "broker unreachable: %s; retrying in %.1fs",
-                    exc or type(exc).__name__,
-                    b.reconnect_interval_s,
-                    extra={"event": "broker_unreachable"},
-                )
-                await asyncio.sleep(b.reconnect_interval_s)
-                continue
-            conn.close_callbacks.add(self._on_close)
-            conn.reconnect_callbacks.add(self._on_reconnect)
-            self.connection = conn
-        await self._setup()
+        """For the process lifetime: connect to a node, declare, serve until the connection is lost.
 
-    async def _setup(self) -> None:
-        """Open the publish channel and declare the topology; retried until it works."""
-        assert self.connection is not None
-        while True:
+        A plain connection re-made here (not aio-pika's robust one, which only ever goes back
+        to its one URL): with several nodes a lost connection moves to the next node that
+        answers (nodes.py), and the topology is declared again on whichever node it is.
+        """
+        b = self.settings.broker
+        while not self._closing:
+            conn = await self._nodes.connect(closing=lambda: self._closing)
+            if conn is None:
+                return
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_close(*_: object, lost: asyncio.Future[None] = lost) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            conn.close_callbacks.add(on_close)
+            conn.close_callbacks.add(self._on_close)
+            self.connection = conn
             try:
-                self._channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-                self._exchange = await self.declare(self._channel)
+                if await self._setup(conn, lost):
+                    if self._connections:
+                        self.metrics.broker_reconnects.inc()
+                        log.info(
+                            "broker reconnected on %s",
+                            self._nodes.current,
+                            extra={"event": "broker_reconnected", "node": self._nodes.current},
+                        )
+                    self._connections += 1
+                    await lost
+            finally:
+                self._on_close()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if not self._closing and len(b.nodes) == 1:  # several nodes: the next one is tried at once
+                await asyncio.sleep(b.reconnect_interval_s)
+
+    async def _setup(self, conn: AbstractConnection, lost: asyncio.Future[None]) -> bool:
+        """Open the publish channel and declare the topology; retried until it works or the connection goes."""
+        while not lost.done():
+            try:
+                self._channel, self._exchange = await self._declare_on(conn)
                 self.topology_error = None
                 break
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -182,26 +200,71 @@ class Broker:
                 log.error("broker topology mismatch: %s", self.topology_error, extra={"event": "topology_error"})
             except _CONNECTION_ERRORS as exc:
                 log.warning("broker setup failed: %s", exc, extra={"event": "broker_setup_failed"})
-            await asyncio.sleep(self.settings.broker.reconnect_interval_s)
+            await asyncio.wait((lost,), timeout=self.settings.broker.reconnect_interval_s)
+        else:
+            return False
+        self._warn_legacy()
         self.connected.set()
         self.metrics.broker_connected.set(1)
-        log.info("broker connected", extra={"event": "broker_connected"})
+        log.info(
+            "broker connected on %s",
+            self._nodes.current,
+            extra={"event": "broker_connected", "node": self._nodes.current},
+        )
+        return True
+
+    async def _declare_on(self, conn: AbstractConnection) -> tuple[AbstractChannel, AbstractExchange]:
+        async def confirm_channel() -> AbstractChannel:
+            channel = conn.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.initialize(timeout=self.settings.broker.connect_timeout_s)
+            return channel
+
+        return await declare_topology(
+            confirm_channel,
+            self.names,
+            self.settings.destinations,
+            group_size=self.settings.broker.quorum_initial_group_size,
+            found=self.declared,
+        )
+
+    def _warn_legacy(self) -> None:
+        for queue in sorted(self.declared.without_sac - self._warned):
+            log.warning(
+                "queue %s was declared before single active consumer: every replica delivers from it at once. "
+                "To switch it on, drain and delete the queue (docs/operations.md, Running several replicas)",
+                queue,
+                extra={"event": "queue_without_sac", "queue": queue},
+            )
+        for queue in sorted(self.declared.members_kept - self._warned):
+            log.info(
+                "queue %s exists with another initial group size; it keeps its members "
+                "(x-quorum-initial-group-size applies only when a queue is created)",
+                queue,
+                extra={"event": "queue_group_size_kept", "queue": queue},
+            )
+        self._warned |= self.declared.without_sac | self.declared.members_kept
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
-        """Declare exchange, destination queues and parking queues; safe to repeat."""
-        return await declare_topology(channel, self.names, self.settings.destinations)
+        """Declare exchange, destination queues and parking queues on `channel`; safe to repeat."""
+
+        async def only() -> AbstractChannel:  # a mismatch closes it: raised, as declare() always did
+            return channel
+
+        _, exchange = await declare_topology(
+            only,
+            self.names,
+            self.settings.destinations,
+            group_size=self.settings.broker.quorum_initial_group_size,
+            found=self.declared,
+        )
+        return exchange
 
     def _on_close(self, *_: object) -> None:
+        was = self.connected.is_set()
         self.metrics.broker_connected.set(0)
         self.connected.clear()
-        if not self._closing:
+        if was and not self._closing:
             log.warning("broker connection lost", extra={"event": "broker_disconnected"})
-
-    async def _on_reconnect(self, *_: object) -> None:
-        self.metrics.broker_reconnects.inc()
-        self.metrics.broker_connected.set(1)
-        self.connected.set()
-        log.info("broker reconnected", extra={"event": "broker_reconnected"})
 
     # -- publishing --------------------------------------------------------------------
     async def publish(self, message: QueuedMessage, *, keep_waiting: bool = False) -> None:

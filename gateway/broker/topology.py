@@ -24,12 +24,14 @@ topology error naming the queue.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from gateway.settings.model import Destination
 
@@ -54,9 +56,13 @@ class Names:
         return f"{self.prefix}.leased.{inbox}"
 
 
-def queue_arguments(names: Names, dest: Destination) -> dict[str, Any]:
+SAC = "x-single-active-consumer"
+GROUP_SIZE = "x-quorum-initial-group-size"
+
+
+def queue_arguments(names: Names, dest: Destination, group_size: int | None = None) -> dict[str, Any]:
     """Destination queue arguments, as typed data (see module docstring for why)."""
-    return {
+    args: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-delivery-limit": dest.delivery_limit,
         "x-dead-letter-exchange": "",
@@ -64,6 +70,75 @@ def queue_arguments(names: Names, dest: Destination) -> dict[str, Any]:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",  # required by at-least-once dead-lettering
     }
+    if not dest.is_inbox:  # an inbox is read with basic.get, which SAC refuses (gateway/inbox/lease.py)
+        args[SAC] = True  # one replica delivers at a time; the next consumer takes over when it goes
+    if group_size is not None:
+        args[GROUP_SIZE] = group_size
+    return args
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)'.*?current is (?:the value )?(?:'(?P<current>[^']*)'|none)"
+)
+
+
+def inequivalent(reply: str) -> tuple[str, str | None] | None:
+    """(argument, its current value or None when the queue has none) from a PRECONDITION_FAILED reply."""
+    m = _INEQUIVALENT.search(reply)
+    return (m["arg"], m["current"]) if m else None
+
+
+@dataclass
+class Declared:
+    """What declaring found: queues that predate an argument this version sets.
+
+    `without_sac`: destination queues declared before single active consumer (every replica
+    consumes them at once, as before); `members_kept`: queues whose initial group size differs
+    from the config (it applies only at creation, so the queue keeps its members).
+    """
+
+    without_sac: set[str] = field(default_factory=set)
+    members_kept: set[str] = field(default_factory=set)
+
+
+async def declare_destination_queue(
+    channel: AbstractChannel,
+    open_channel: Callable[[], Awaitable[AbstractChannel]],
+    name: str,
+    args: dict[str, Any],
+    found: Declared,
+) -> tuple[AbstractChannel, AbstractQueue]:
+    """Declare one destination queue, accepting an existing one that only predates SAC or differs in group size.
+
+    Redeclaring a queue with other arguments fails with PRECONDITION_FAILED and closes the
+    channel, naming the first argument that differs. Two may differ without harm: the
+    initial group size (used only at creation), and single active consumer on a queue an
+    older version made (it cannot be added to an existing queue: the queue must be drained
+    and deleted, docs/operations.md says how). For those the declare is repeated with the
+    queue's own value on a new channel, which is returned with the queue. Anything else (a
+    changed delivery limit, another queue type) is raised, as before: publisher.py reports it
+    as a topology error.
+    """
+    args = dict(args)
+    while True:
+        try:
+            return channel, await channel.declare_queue(name, durable=True, arguments=args)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            differs = inequivalent(str(exc))
+            if differs is None:
+                raise
+            arg, current = differs
+            if arg == GROUP_SIZE and (current is None or current.isdigit()):
+                if current is None:
+                    args.pop(GROUP_SIZE, None)
+                else:
+                    args[GROUP_SIZE] = int(current)
+                found.members_kept.add(name)
+            elif arg == SAC and current is None and args.pop(SAC, None):
+                found.without_sac.add(name)
+            else:
+                raise
+            channel = await open_channel()
 
 
 PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
@@ -88,14 +163,29 @@ def leased_arguments(names: Names, dest: Destination) -> dict[str, Any]:
 
 
 async def declare_topology(
-    channel: AbstractChannel, names: Names, destinations: Iterable[Destination]
-) -> AbstractExchange:
-    """Declare the exchange, each destination's quorum queue (bound) and parking queue."""
+    open_channel: Callable[[], Awaitable[AbstractChannel]],
+    names: Names,
+    destinations: Iterable[Destination],
+    *,
+    group_size: int | None = None,
+    found: Declared | None = None,
+) -> tuple[AbstractChannel, AbstractExchange]:
+    """Declare the exchange, each destination's quorum queue (bound) and parking queue.
+
+    `open_channel` makes a channel; a tolerated PRECONDITION_FAILED (declare_destination_queue)
+    costs one, so the channel the topology ends on is returned with the exchange.
+    """
+    found = found if found is not None else Declared()
+    channel = await open_channel()
     exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     for dest in destinations:
-        queue = await channel.declare_queue(names.queue(dest.id), durable=True, arguments=queue_arguments(names, dest))
+        args = queue_arguments(names, dest, group_size)
+        used = channel
+        channel, queue = await declare_destination_queue(channel, open_channel, names.queue(dest.id), args, found)
+        if channel is not used:  # the first channel closed on a tolerated mismatch: go on with the new one
+            exchange = await channel.get_exchange(names.exchange)
         await queue.bind(exchange, routing_key=dest.id)
         await channel.declare_queue(names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
         if dest.is_inbox:
             await channel.declare_queue(names.leased(dest.id), durable=True, arguments=leased_arguments(names, dest))
-    return exchange
+    return channel, exchange

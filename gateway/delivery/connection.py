@@ -22,22 +22,13 @@ import asyncio
 import contextlib
 import logging
 
-import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from gateway.broker.nodes import Nodes
 from gateway.errors import BrokerUnavailable
 from gateway.settings.model import BrokerSettings
 
 log = logging.getLogger("swgw.delivery.connection")
-
-_CONNECT_ERRORS = (
-    TimeoutError,
-    ConnectionError,
-    OSError,
-    aiormq.exceptions.AMQPError,
-    RuntimeError,
-)
 
 
 class ConsumerConnection:
@@ -45,6 +36,7 @@ class ConsumerConnection:
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
+        self.nodes = Nodes(settings, "swgw-delivery")
         self.generation = 0
         self._connection: AbstractConnection | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -76,23 +68,12 @@ class ConsumerConnection:
         return channel
 
     async def run(self) -> None:
-        """Connect, wait for the connection to be lost, connect again: for the process lifetime."""
+        """Connect to a node, wait for the connection to be lost, connect again: for the process lifetime."""
         b = self.settings
-        url = b.url.reveal()
-        sep = "&" if "?" in url else "?"
-        url = f"{url}{sep}heartbeat={b.heartbeat_s}&name=swgw-delivery"
         while not self._closing:
-            try:
-                conn = await aio_pika.connect(url, timeout=b.connect_timeout_s)
-            except _CONNECT_ERRORS as exc:
-                log.warning(
-                    "delivery connection to the broker failed: %s; retrying in %.1fs",
-                    exc or type(exc).__name__,
-                    b.reconnect_interval_s,
-                    extra={"event": "delivery_connect_failed"},
-                )
-                await asyncio.sleep(b.reconnect_interval_s)
-                continue
+            conn = await self.nodes.connect(closing=lambda: self._closing)
+            if conn is None:
+                return
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
             def on_close(*_: object, lost: asyncio.Future[None] = lost) -> None:
@@ -104,7 +85,12 @@ class ConsumerConnection:
                 self._connection, self._lost = conn, lost
                 self.generation += 1
                 self._changed.notify_all()
-            log.info("delivery connection up (generation %d)", self.generation, extra={"event": "delivery_connected"})
+            log.info(
+                "delivery connection up on %s (generation %d)",
+                self.nodes.current,
+                self.generation,
+                extra={"event": "delivery_connected", "node": self.nodes.current},
+            )
             try:
                 await lost
             finally:
@@ -112,7 +98,8 @@ class ConsumerConnection:
                     await conn.close()
             if not self._closing:
                 log.warning("delivery connection lost; reconnecting", extra={"event": "delivery_disconnected"})
-                await asyncio.sleep(b.reconnect_interval_s)
+                if len(b.nodes) == 1:  # several nodes: the next one is tried at once
+                    await asyncio.sleep(b.reconnect_interval_s)
 
     async def close(self) -> None:
         self._closing = True

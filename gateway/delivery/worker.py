@@ -11,10 +11,22 @@ stale and no restore by the client library behind the worker's back.
 What becomes of each message (delivered, parked, retried, handed back) is deliverer.py.
 
 While the circuit is open the worker holds no message: no consumer, nothing prefetched.
-It probes every `probe_interval_s`; when the probe answers healthy it takes exactly one
-message with `basic.get` as the half-open trial. A failed trial is handed back (above) and
+It probes every `probe_interval_s`; while the probe answers healthy it keeps a consumer with
+prefetch 1 registered, and the one message that consumer is sent is the half-open trial
+(not `basic.get`: RabbitMQ refuses it on a queue with single active consumer). A failed trial is handed back (above) and
 is not counted as an attempt, so an outage of any length, even behind a health check that
 lies, costs each message nothing but trials that fail, never a delivery-limit count.
+
+Several replicas: every destination queue has single active consumer (topology.py), so each
+replica's worker registers a consumer (tag `swgw.<replica_id>.<destination>.<n>`) and only
+one is sent messages; when it goes (crash, lost node, cancel) RabbitMQ makes the next one
+active. An open circuit cancels the consumer as above, which hands the queue to the next
+replica: that one meets the same outage and opens its own circuit after
+`failure_threshold` failures, which the deliverer hands back (never a delivery-limit count).
+This rotation is deliberate: an outage costs at most `failure_threshold` failed POSTs per
+replica, and keeping the registration while open would mean holding prefetched messages
+in a replica that cannot deliver them. The first replica whose half-open trial succeeds
+consumes again and, the others being open or waiting, takes the queue.
 """
 
 from __future__ import annotations
@@ -84,7 +96,12 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._consume_lock = asyncio.Lock()
         self._queue: AbstractQueue | None = None
+        self._channel: AbstractChannel | None = None
+        self._trial_tag: str | None = None  # the prefetch-1 consumer that takes the half-open trial
+        self._trial_wanted = False  # OPEN and the last probe answered healthy
         self._consumer_tag: str | None = None
+        self._registrations = 0  # consumers registered so far: the last part of the consumer tag
+        self.active_since: float | None = None  # unix time this consumer's first message came (SAC: active)
         self._tasks: set[asyncio.Task[None]] = set()
         self._run_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -137,6 +154,20 @@ class DestinationWorker:
     @property
     def consuming(self) -> bool:
         return self._consumer_tag is not None
+
+    @property
+    def consumer_tag(self) -> str | None:
+        return self._consumer_tag
+
+    @property
+    def active(self) -> bool:
+        """This replica's consumer is the queue's single active one: it has been sent messages.
+
+        RabbitMQ tells a consumer nothing when it becomes active, so a consumer knows it only
+        once the first message arrives: on an idle queue the active consumer and a waiting
+        one both say False (docs/operations.md, Running several replicas).
+        """
+        return self._consumer_tag is not None and self.active_since is not None
 
     @property
     def state(self) -> str:
@@ -214,6 +245,7 @@ class DestinationWorker:
         ack on, and `stop()` cancels this loop only after they have finished.
         """
         self._queue = await channel.declare_queue(self.queue_name, passive=True)
+        self._channel = channel
         closed = asyncio.ensure_future(channel.closed())
         try:
             while True:
@@ -236,32 +268,55 @@ class DestinationWorker:
 
     async def _reconcile(self) -> None:
         async with self._consume_lock:
-            queue = self._queue
-            if self._wants_consumer() and self._consumer_tag is None and queue is not None:
-                self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+            queue, channel = self._queue, self._channel
+            if queue is None or channel is None:
+                return
+            wants_trial = self._trial_wanted and not self._wants_consumer() and self._may_try()
+            if not wants_trial and self._trial_tag is not None:
+                await self._cancel_locked("_trial_tag")
+            if self._wants_consumer() and self._consumer_tag is None:
+                await channel.set_qos(prefetch_count=self.dest.concurrency)  # qos binds consumers made after it
+                self._consumer_tag = await queue.consume(self._on_message, no_ack=False, consumer_tag=self._tag())
                 self.metrics.consuming.labels(self.dest.id).set(1)
                 log.info("consuming", extra={"event": "consuming", "destination": self.dest.id})
             elif not self._wants_consumer() and self._consumer_tag is not None:
                 await self._cancel_consumer_locked()
+            if wants_trial and self._trial_tag is None:
+                await channel.set_qos(prefetch_count=1)
+                self._trial_tag = await queue.consume(self._on_trial, no_ack=False, consumer_tag=self._tag("trial"))
+
+    def _tag(self, kind: str = "") -> str:
+        self._registrations += 1
+        replica = self.broker.settings.broker.replica_id
+        return f"swgw.{replica}.{self.dest.id}.{kind}{self._registrations}"
 
     async def _cancel_consumer(self) -> None:
         async with self._consume_lock:
             await self._cancel_consumer_locked()
+            await self._cancel_locked("_trial_tag")
 
     async def _cancel_consumer_locked(self) -> None:
-        tag, self._consumer_tag = self._consumer_tag, None
+        self.active_since = None
         self.metrics.consuming.labels(self.dest.id).set(0)
+        await self._cancel_locked("_consumer_tag")
+
+    async def _cancel_locked(self, attr: str) -> None:
+        tag = getattr(self, attr)
+        setattr(self, attr, None)
         if tag is not None and self._queue is not None:
             with contextlib.suppress(*_CHANNEL_ERRORS):  # a dead channel has no consumer left to cancel
                 await self._queue.cancel(tag)
 
     def _forget_consumer(self) -> None:
-        self._consumer_tag, self._queue = None, None
+        self._consumer_tag, self._trial_tag, self._queue, self._channel = None, None, None, None
+        self.active_since = None
         self.metrics.consuming.labels(self.dest.id).set(0)
 
     # -- circuit -------------------------------------------------------------------------------
     def _on_circuit_change(self, old: CircuitState, new: CircuitState) -> None:
         dest = self.dest.id
+        if new is not CircuitState.HALF_OPEN:
+            self._trial_wanted = False  # closed: the real consumer takes over; re-opened: probe again first
         self.circuit_changed_at = time.time()
         self.journal.circuit(new.value, self.circuit_changed_at)  # outages get a start and an end
         self.metrics.circuit_state.labels(dest).set(new.code)
@@ -292,17 +347,33 @@ class DestinationWorker:
         self._changed()
 
     async def _probe_and_trial(self) -> None:
-        """OPEN: ask the health URL; if healthy, one message by basic.get is the half-open trial."""
-        if not await self.sender.probe() or self.breaker.state is not CircuitState.OPEN or self._queue is None:
+        """OPEN: ask the health URL; while it answers healthy a prefetch-1 consumer waits for the trial.
+
+        Not basic.get: RabbitMQ refuses it on a quorum queue with single active consumer. The
+        trial consumer is one more SAC registration: it gets a message only when no other
+        replica's consumer is active, and that one message is the half-open trial.
+        """
+        healthy = await self.sender.probe()
+        self._trial_wanted = healthy and self.breaker.state is CircuitState.OPEN
+
+    def _may_try(self) -> bool:
+        return (
+            self.breaker.state is not CircuitState.CLOSED and not self.paused and not self._stuck and not self._stopping
+        )
+
+    async def _on_trial(self, raw: AbstractIncomingMessage) -> None:
+        if self.breaker.state is not CircuitState.OPEN or not self._trial_wanted or not self._may_try():
+            # a message that came before the trial consumer was cancelled: back to the tail, free
+            self._spawn(self._hand_back_quietly(raw))
             return
-        raw = await self._queue.get(no_ack=False, fail=False)
-        if raw is None:
-            return  # nothing to try: stay open, so a lying health check cannot close the circuit
         self.breaker.probe_succeeded()
         if not self.breaker.try_acquire():
-            await self.deliverer.hand_back(raw, QueuedMessage.from_amqp(raw), "trial_failed")
+            self._spawn(self._hand_back_quietly(raw))
             return
         self._spawn(self.deliverer.handle(raw, trial=True))
+
+    async def _hand_back_quietly(self, raw: AbstractIncomingMessage) -> None:
+        await self.deliverer.hand_back(raw, QueuedMessage.from_amqp(raw), "trial_failed")
 
     # -- per message -----------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -311,6 +382,8 @@ class DestinationWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self.active_since is None and message.consumer_tag == self._consumer_tag:
+            self.active_since = time.time()  # with SAC, only the active consumer is sent anything
         self._spawn(self.deliverer.handle(message))
 
     def _on_stuck(self, delta: int) -> None:

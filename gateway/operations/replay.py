@@ -52,10 +52,10 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
+from gateway.broker.nodes import connect_first
 from gateway.broker.topology import Names
 from gateway.errors import BrokerUnavailable, ReplayInProgress, StoreError
 from gateway.journal.model import Event, EventKind, JournalWriter
@@ -205,14 +205,8 @@ def _check_destination(settings: Settings, destination: str) -> None:
 async def _connection(settings: Settings, purpose: str) -> AsyncIterator[AbstractConnection]:
     """A plain (not robust) connection for one replay or listing, closed at the end whatever happens."""
     b = settings.broker
-    url = b.url.reveal()
-    url = f"{url}{'&' if '?' in url else '?'}heartbeat={b.heartbeat_s}"
-    try:
-        conn = await aio_pika.connect(
-            url,
-            timeout=b.connect_timeout_s,
-            client_properties={"connection_name": f"swgw {purpose} (pid {os.getpid()})"},
-        )
+    try:  # a cluster: the first node that answers
+        conn = await connect_first(b, {"connection_name": f"swgw {purpose} (pid {os.getpid()})"})
     except (TimeoutError, *_CONNECTION_ERRORS) as exc:
         raise BrokerUnavailable(
             f"The message broker is not reachable ({exc or type(exc).__name__}); nothing was read or moved.",

@@ -74,15 +74,34 @@ class Server:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """RabbitMQ connection (`[broker]`). `confirm_timeout_s` bounds how long a partner waits for a confirm."""
+    """RabbitMQ connection (`[broker]`). `confirm_timeout_s` bounds how long a partner waits for a confirm.
+
+    `url` is one node's URL or, for a cluster, a list of them (`urls` holds them all, `url`
+    the first): each connection (publisher, delivery) takes the first node that answers and
+    moves on to the next when its node goes (gateway/broker/nodes.py).
+    `quorum_initial_group_size` is how many nodes get a replica of each quorum queue when it
+    is first declared (`x-quorum-initial-group-size`; RabbitMQ uses every node there is when
+    fewer); 0 in the file (None here) leaves it to RabbitMQ: every cluster node. It only applies at creation:
+    an existing queue keeps its members (gateway/broker/topology.py).
+    `replica_id` names this gateway process in consumer tags and the admin API; the default
+    is `<hostname>-<pid>`.
+    """
 
     url: Secret = field(default_factory=lambda: Secret("amqp://guest:guest@127.0.0.1:5672/"))
+    urls: tuple[Secret, ...] = ()  # every node, `url` first; () means just `url`
+    quorum_initial_group_size: int | None = 3
+    replica_id: str = ""
     prefix: str = "swgw"
     confirm_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     reconnect_interval_s: float = 2.0
     heartbeat_s: int = 30
     retry_after_s: int = 5
+
+    @property
+    def nodes(self) -> tuple[Secret, ...]:
+        """Every node URL to try, in order (one for a single broker)."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ nowhere else in the package. Whether tables agree with each other is gateway/set
 from __future__ import annotations
 
 import math
+import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from gateway.settings.model import (
 from gateway.settings.reader import TableReader, tables, unique
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_REPLICA_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -59,16 +62,45 @@ def server(s: TableReader, base: Path) -> Server:
     return result
 
 
+def broker_urls(b: TableReader, env: Mapping[str, str]) -> tuple[str, ...]:
+    """`url`: one node URL or a list of them; env SWGW_BROKER_URL (comma-separated for several) overrides it."""
+    b.used.add("url")
+    value: Any = b.table.get("url", "amqp://guest:guest@127.0.0.1:5672/")
+    if isinstance(value, str):
+        urls: list[Any] = [value]
+    elif isinstance(value, list) and value:
+        urls = value
+    else:
+        raise b.error("url", f"expected a URL or a non-empty list of URLs (one per cluster node), got {value!r}")
+    if env.get("SWGW_BROKER_URL"):
+        urls = [u.strip() for u in env["SWGW_BROKER_URL"].split(",") if u.strip()]
+    for i, url in enumerate(urls):
+        where = "url" if len(urls) == 1 else f"url[{i}]"
+        if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
+            shown = url if isinstance(url, str) and "@" not in url else type(url).__name__
+            raise b.error(where, f"must start with amqp:// or amqps:// (got {shown!r})")
+    if len(set(urls)) != len(urls):
+        raise b.error("url", "lists the same node twice")
+    return tuple(urls)
+
+
 def broker(b: TableReader, env: Mapping[str, str]) -> BrokerSettings:
-    file_url = b.get("url", str, "amqp://guest:guest@127.0.0.1:5672/")  # read always: marks the key used
-    url = env.get("SWGW_BROKER_URL") or file_url
-    if not url.startswith(("amqp://", "amqps://")):
-        raise b.error("url", "must start with amqp:// or amqps://")
+    urls = broker_urls(b, env)
+    group: int | None = b.get("quorum_initial_group_size", int, BrokerSettings.quorum_initial_group_size)
+    if group is not None and group < 0:
+        raise b.error("quorum_initial_group_size", f"must be >= 0 (0: every cluster node), got {group!r}")
+    group = group or None  # 0: leave it to RabbitMQ, which uses every node
+    replica = b.get("replica_id", str, "") or f"{socket.gethostname()}-{os.getpid()}"
+    if not _REPLICA_RE.match(replica):
+        raise b.error("replica_id", f"{replica!r} must be 1-64 chars of [A-Za-z0-9_.-]")
     prefix = b.get("prefix", str, "swgw")
     if not _PREFIX_RE.match(prefix):
         raise b.error("prefix", f"{prefix!r} must be 1-64 chars of [A-Za-z0-9_.-]")
     result = BrokerSettings(
-        url=Secret(url),
+        url=Secret(urls[0]),
+        urls=tuple(Secret(u) for u in urls),
+        quorum_initial_group_size=group,
+        replica_id=replica,
         prefix=prefix,
         confirm_timeout_s=b.positive("confirm_timeout_s", float, BrokerSettings.confirm_timeout_s),
         connect_timeout_s=b.positive("connect_timeout_s", float, BrokerSettings.connect_timeout_s),

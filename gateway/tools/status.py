@@ -22,7 +22,8 @@ hash the config does not accept is refused before any request.
 What the numbers cover: backlog and parked are read from the broker, so they are the
 whole system's. State, delivered/s and last success are the replica that answered (each
 delivery worker has its own breaker); with several replicas, ask each one, or use the
-dashboard, which aggregates them.
+dashboard, which aggregates them. `ACTIVE HERE` (when the gateway names its replica) says
+whether this replica's consumer is the single active one, i.e. the replica delivering.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Row:
     last_delivery_at: datetime | None = None
     circuit_changed_at: datetime | None = None
     rate_per_s: float | None = None
+    replica: str | None = None  # the replica that answered (several replicas: one per process)
+    active: bool | None = None  # its consumer is the queue's single active one
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> Row:
@@ -81,6 +84,8 @@ class Row:
             delivered_total=_int(item.get("delivered_total")),
             last_delivery_at=_time(item.get("last_delivery_at")),
             circuit_changed_at=_time(item.get("circuit_changed_at")),
+            replica=item["replica"] if isinstance(item.get("replica"), str) else None,
+            active=item["active"] if isinstance(item.get("active"), bool) else None,
         )
 
 
@@ -165,17 +170,25 @@ def _count(n: int | None) -> str:
 
 def render(rows: Sequence[Row], now: datetime, *, source: str | None = None) -> str:
     """The screen: a table, then one line per thing an operator should act on."""
-    header = ("DESTINATION", "STATE", "SINCE", "BACKLOG", "PARKED", "DELIVERED/S", "LAST SUCCESS")
+    header: tuple[str, ...] = ("DESTINATION", "STATE", "SINCE", "BACKLOG", "PARKED", "DELIVERED/S", "LAST SUCCESS")
+    replicas = sorted({r.replica for r in rows if r.replica})
+    if replicas:  # a gateway that names its replica also says whether it is the one delivering
+        header += ("ACTIVE HERE",)
     table = [header]
     for r in sorted(rows, key=lambda r: r.id):
         since = _duration((now - r.circuit_changed_at).total_seconds()) if r.circuit_changed_at else "-"
         last = f"{_duration((now - r.last_delivery_at).total_seconds())} ago" if r.last_delivery_at else "never"
         rate = "-" if r.rate_per_s is None else f"{r.rate_per_s:.1f}"
-        table.append((r.id, _STATE_WORDS.get(r.state, r.state), since, _count(r.backlog), _count(r.parked), rate, last))
+        line = (r.id, _STATE_WORDS.get(r.state, r.state), since, _count(r.backlog), _count(r.parked), rate, last)
+        if replicas:
+            line += ("?" if r.active is None else "yes" if r.active else "no",)
+        table.append(line)
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     right = {3, 4, 5}  # numbers
     lines = [
-        f"swgw status at {now.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z" + (f" from {source}" if source else ""),
+        f"swgw status at {now.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+        + (f" from {source}" if source else "")
+        + (f" (replica {', '.join(replicas)})" if replicas else ""),
         "",
     ]
     for line in table:
@@ -188,6 +201,8 @@ def render(rows: Sequence[Row], now: datetime, *, source: str | None = None) -> 
     lines.extend(notes or ["all destinations closed (delivering), nothing parked"])
     lines.append("")
     lines.append("backlog and parked: whole system (broker); state, rate, last success: this replica")
+    if replicas:
+        lines.append("active here: this replica's consumer is the one RabbitMQ sends to (no: standby, or idle queue)")
     return "\n".join(lines) + "\n"
 
 

@@ -321,11 +321,16 @@ async def test_listing_reports_delivery_limit_for_messages_rabbitmq_dead_lettere
         await channel.declare_queue(names.parking("vnaccs"), durable=True, arguments={"x-queue-type": "classic"})
         await park(settings, [parked("OK-1")])  # parked by the gateway: its own reason
         await channel.default_exchange.publish(parked("DL-1").unparked().to_amqp(), routing_key=names.queue("vnaccs"))
+        async def give_back(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await msg.nack(requeue=True)  # returned until the broker dead-letters it
+
+        tag = await queue.consume(give_back)  # a consumer: SAC queues refuse basic.get
         async with asyncio.timeout(20):
-            while len(await parked_ids(settings)) < 2:  # returned until the broker dead-letters it
-                if (msg := await queue.get(fail=False)) is not None:
-                    await msg.nack(requeue=True)
+            while True:  # polled: the broker's dead-lettering has no event to wait on
+                if len(await parked_ids(settings)) >= 2:
+                    break
                 await asyncio.sleep(0.05)
+        await queue.cancel(tag)
     rows = {r.message_id: r for r in await replay.browse(settings, "vnaccs")}
     assert rows["DL-1"].reason == "delivery_limit"
     assert rows["DL-1"].parked_at  # from x-death's time

@@ -1,0 +1,140 @@
+"""Several replicas on one queue: single active consumer, take-over, and existing queues from before it.
+
+Two gateways run in this test's loop with their own replica ids on the shared broker, each
+with its own prefix per test. What is asserted is what the broker did (who was sent the
+messages), waited on with deadlines, never timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from gateway.broker.topology import GROUP_SIZE, SAC, Names, queue_arguments
+from gateway.runtime.app import BROKER, DELIVERY
+from gateway.tools.simulator import Simulator
+from tests.helpers import (
+    RunningGateway,
+    admin,
+    config_doc,
+    fast_destination,
+    post_many,
+    run_gateway,
+    until,
+    write_settings,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def settings_for(tmp_path: Path, prefix: str, sim: Simulator, replica: str, **broker: Any) -> Any:
+    folder = tmp_path / replica
+    folder.mkdir(exist_ok=True)
+    doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim)], broker={"replica_id": replica, **broker})
+    return write_settings(folder, doc)
+
+
+def worker(gw: RunningGateway) -> Any:
+    return gw.app[DELIVERY].workers["vnaccs"]
+
+
+async def test_one_replica_delivers_and_the_other_takes_over_when_it_stops(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator
+) -> None:
+    a, b = (settings_for(tmp_path, prefix, sim, r) for r in ("gw-a", "gw-b"))
+    cleanup.append(a)
+    async with contextlib.AsyncExitStack() as stack:
+        gw_a = await stack.enter_async_context(run_gateway(a))
+        async with run_gateway(b) as gw_b:
+            assert worker(gw_a).consuming
+            assert worker(gw_b).consuming
+            ids = await post_many(gw_b, 40, "SAC")
+            await until(lambda: set(ids) <= set(sim.ids), what="the first 40 delivered")
+            await until(lambda: worker(gw_a).delivered_total + worker(gw_b).delivered_total == 40, what="the acks")
+            delivered = {"gw-a": worker(gw_a).delivered_total, "gw-b": worker(gw_b).delivered_total}
+            assert sorted(delivered.values()) == [0, 40], delivered  # ...one is sent everything
+            assert worker(gw_a).active
+            assert not worker(gw_b).active
+            status, body = await admin(gw_a, "GET", "/admin/destinations")
+            row = body["destinations"][0]
+            assert status == 200
+            assert row["replica"] == "gw-a"
+            assert row["active"] is True
+            assert row["consumer_tag"].startswith("swgw.gw-a.vnaccs.")
+            _, body = await admin(gw_b, "GET", "/admin/destinations")
+            assert body["destinations"][0]["active"] is False
+            assert body["destinations"][0]["consuming"] is True
+            await stack.aclose()  # gw-a stops: its consumer goes, gw-b's becomes the active one
+            more = await post_many(gw_b, 20, "TAKEOVER")
+            await until(lambda: set(more) <= set(sim.ids), what="the next 20 delivered by gw-b")
+            await until(lambda: worker(gw_b).delivered_total == 20, what="gw-b's acks")
+            assert worker(gw_b).delivered_total == 20
+            assert worker(gw_b).active
+
+
+async def declare_old_queue(url: str, prefix: str, **args: Any) -> None:
+    names = Names(prefix)
+    async with await aio_pika.connect(url) as conn:
+        channel = await conn.channel()
+        await channel.declare_queue(names.queue("vnaccs"), durable=True, arguments=args)
+
+
+async def test_a_queue_from_before_sac_is_used_as_it_is_with_a_warning(
+    tmp_path: Path,
+    prefix: str,
+    cleanup: list[object],
+    sim: Simulator,
+    rabbit_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(tmp_path, prefix, sim, "gw-old")
+    cleanup.append(settings)
+    old = queue_arguments(Names(prefix), settings.destinations[0])  # what the previous version declared
+    del old[SAC]
+    await declare_old_queue(rabbit_url, prefix, **old)
+    caplog.set_level(logging.INFO, logger="swgw.broker")
+    async with run_gateway(settings) as gw:
+        broker = gw.app[BROKER]
+        assert broker.topology_error is None
+        assert broker.ready
+        assert broker.declared.without_sac == {Names(prefix).queue("vnaccs")}
+        ids = await post_many(gw, 5, "OLD")
+        await until(lambda: set(ids) <= set(sim.ids), what="delivery from the old queue")
+    warnings = [r for r in caplog.records if getattr(r, "event", "") == "queue_without_sac"]
+    assert warnings
+    assert "drain and delete the queue" in warnings[0].getMessage()
+    assert warnings[0].levelno == logging.WARNING
+
+
+async def test_an_existing_queue_keeps_its_members_whatever_the_group_size(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator, rabbit_url: str
+) -> None:
+    settings = settings_for(tmp_path, prefix, sim, "gw-g", quorum_initial_group_size=5)
+    cleanup.append(settings)
+    await declare_old_queue(rabbit_url, prefix, **queue_arguments(Names(prefix), settings.destinations[0], 1))
+    async with run_gateway(settings) as gw:
+        broker = gw.app[BROKER]
+        assert broker.topology_error is None
+        assert broker.declared.members_kept == {Names(prefix).queue("vnaccs")}
+        assert not broker.declared.without_sac
+
+
+async def test_any_other_difference_is_still_a_topology_error(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator, rabbit_url: str
+) -> None:
+    settings = settings_for(tmp_path, prefix, sim, "gw-x")
+    cleanup.append(settings)
+    args = queue_arguments(Names(prefix), settings.destinations[0], 3)
+    args["x-delivery-limit"] = 7  # an operator changed delivery_limit: that must not pass silently
+    del args[GROUP_SIZE]
+    await declare_old_queue(rabbit_url, prefix, **args)
+    async with run_gateway(settings, wait_ready=False) as gw:
+        broker = gw.app[BROKER]
+        await until(lambda: broker.topology_error is not None, what="the topology error")
+        assert "x-delivery-limit" in str(broker.topology_error)
+        assert not broker.ready
