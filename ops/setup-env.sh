@@ -13,6 +13,9 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # load generator for bench/
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+# the ops console's browser tests (tests/browser/): Debian's chromium and its matching chromedriver
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian packages"
   $SUDO apt-get update -qq

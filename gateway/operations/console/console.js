@@ -114,7 +114,9 @@ onSubmit("parked-form", pages.listParked);
 onSubmit("replay-form", () => replay.preview());
 onClick("replay-run", () => replay.run());
 onClick("replay-cancel", () => replay.cancel());
-$("parked-form").addEventListener("input", () => replay.cancel()); // a preview is only good for its filters
+for (const type of ["input", "change"]) {
+  $("parked-form").addEventListener(type, () => replay.cancel()); // a preview is only good for its filters
+}
 onSubmit("message-form", pages.lookUp);
 onSubmit("report-form", pages.loadReport);
 onClick("report-csv", async () => say(`Downloaded ${await pages.downloadCsv($("report-form"))}`));

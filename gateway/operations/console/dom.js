@@ -9,7 +9,7 @@ export function el(tag, props = {}, ...children) {
     else if (key === "attrs") for (const [a, v] of Object.entries(value)) node.setAttribute(a, v);
     else node[key] = value;
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(`${child}`));
   }
@@ -30,9 +30,10 @@ export function table(caption, columns, rows, props = {}) {
   return el("table", props, el("caption", {}, caption), el("thead", {}, head), el("tbody", {}, body));
 }
 
-// "4.2s", "12m00s", "3h04m05s" (gateway/operations/report.py's duration); "–" for null.
+// "35ms", "4.2s", "12m00s", "3h04m05s" (gateway/operations/report.py's duration); "–" for null.
 export function duration(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
+  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
   if (seconds < 60) return `${seconds.toFixed(1)}s`;
   const whole = Math.round(seconds);
   const h = Math.floor(whole / 3600);

@@ -42,12 +42,14 @@ export class Destinations {
       return;
     }
     const now = performance.now();
-    // Fields another version of the API adds (e.g. clustering's active replica) are shown, never required.
-    const extra = [...new Set(loaded.rows.flatMap((r) => Object.keys(r).filter((k) => k.includes("replica"))))];
+    // Fields of clustering (the answering replica, whether its consumer is the active one) are shown when
+    // the API has them, never required.
+    const shown = (k) => /replica|^active/.test(k);
+    const extra = [...new Set(loaded.rows.flatMap((r) => Object.keys(r).filter(shown)))];
     const columns = [
       ["id", "Destination"], ["state", "State"], ["circuit", "Circuit"], ["backlog", "Backlog", true],
       ["parked", "Parked", true], ["oldest", "Oldest message", true], ["rate", "Delivered/s", true],
-      ["last", "Last delivery"], ...extra.map((k) => [k, k.replaceAll("_", " ")]),
+      ["last", "Last delivery"], ...extra.map((k) => [k, k[0].toUpperCase() + k.slice(1).replaceAll("_", " ")]),
     ];
     const rows = loaded.rows.map((d) => {
       const before = this.previous.get(d.id);
