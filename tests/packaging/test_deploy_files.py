@@ -520,6 +520,9 @@ def test_compose_runs_the_topology_the_k8s_files_run(compose: dict[str, Any], tm
         assert "@postgres:5432/" in env["SWGW_DEDUP_DSN"]
         assert set(services[name]["depends_on"]) >= {*nodes, "postgres"}
         assert services[name]["read_only"] is True
+        grace_s = int(services[name]["stop_grace_period"].removesuffix("s"))
+        delivery_stop_s = inspect.signature(create_app).parameters["delivery_stop_timeout_s"].default
+        assert grace_s >= settings.server.request_timeout_s + delivery_stop_s + 10, "the SIGTERM drain must fit"
     prometheus = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text(encoding="utf-8"))
     jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
     assert jobs["swgw"]["static_configs"][0]["targets"] == [f"{n}:{settings.admin.port}" for n in gateways]
