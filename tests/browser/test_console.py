@@ -186,6 +186,7 @@ def test_parked_messages_are_previewed_then_replayed_only_on_confirmation(ui: Co
     ui.find("#replay-preview").click()
     assert "3 of 3" in ui.until_text("#replay-summary", "would be replayed")
     assert live.sim.ids == []  # a dry run moves nothing
+    keep_screenshot(ui.driver, "console-replay")  # docs/img/console.png
     live.run(live.sim.set_mode("up"))  # the backend is fixed
     ui.find("#replay-run").click()
     assert "skipped" in ui.until_text("#replay-result", "Replayed 3 message(s) to vnaccs")
