@@ -257,3 +257,19 @@ async def test_a_journal_that_is_off_or_failing_is_said_so(tmp_path: Path, journ
         assert resp.headers["Retry-After"] == "2"
     finally:
         await failing.close()
+
+
+def test_the_console_is_served_where_the_admin_api_is(tmp_path: Path) -> None:
+    """With `[admin] port` the console is on the admin listener only; without it, on the one port."""
+    from gateway.runtime.app import ADMIN_APP, create_app
+
+    def paths(app: web.Application) -> set[str]:
+        return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+    shared = create_app(write_settings(tmp_path, config_doc("console-test")))
+    assert {"/console", "/console/{name}", "/admin/report.csv"} <= paths(shared)
+    doc = config_doc("console-test")
+    doc["admin"]["port"] = 9791
+    app = create_app(write_settings(tmp_path, doc))
+    assert not any(p.startswith(("/console", "/admin/")) for p in paths(app))
+    assert {"/console", "/console/{name}", "/admin/outages", "/admin/oldest-ages"} <= paths(app[ADMIN_APP])
