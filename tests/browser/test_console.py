@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,14 @@ class Console:
 
 
 @pytest.fixture
-def ui(console: Any, live: Live) -> Console:
-    return Console(console, live.url)
+def ui(console: Any, live: Live) -> Iterator[Console]:
+    """The console; afterwards, the browser logged no script error and no CSP violation (an inline
+    script or style the policy blocked would show here). Answers the tests asked for (401, 404) may."""
+    yield Console(console, live.url)
+    logged = console.get_log("browser")
+    errors = [e["message"] for e in logged if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    assert errors == []
+    assert [e["message"] for e in logged if "Content Security Policy" in e["message"]] == []
 
 
 async def journal_says(live: Live, message_id: str, status: str) -> None:
