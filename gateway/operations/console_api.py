@@ -16,8 +16,9 @@ navigation, and the files hold no data, only the code that asks the admin API. T
 keeps the token in `sessionStorage` and sends it as a bearer header, so there is no cookie
 and no CSRF surface (a cross-site form cannot set that header). Every page answer carries
 strict headers (SECURITY_HEADERS): a CSP without inline script or style, no framing, no
-referrer, no sniffing. The files are package data (gateway/operations/console/), read once
-with importlib.resources.
+referrer, no sniffing, and no native form submission (every form is handled by the script;
+the token field has no name, so even a page whose script failed never puts it in a URL).
+The files are package data (gateway/operations/console/), read once with importlib.resources.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from gateway.timeutil import iso_unix
 CONTENT_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,

@@ -72,10 +72,13 @@ class Console:
             field.send_keys(value)
 
     def sign_in(self, token: str = ADMIN_TOKEN) -> None:
+        """From the keyboard: type the token, press Enter."""
+        from selenium.webdriver.common.keys import Keys
+
         self.driver.get(self.url)
         self.wait.until(lambda _: self.find("#token").is_displayed(), "the sign-in form")
         self.fill("token", token)
-        self.find("#login-form button[type=submit]").click()
+        self.find("#token").send_keys(Keys.ENTER)
 
     def signed_in(self) -> None:
         self.sign_in()
@@ -128,6 +131,13 @@ def test_sign_in_refuses_a_wrong_token_then_shows_the_destinations(ui: Console, 
         "const done = arguments[0]; fetch('/admin/destinations').then((r) => done(r.status));"
     )
     assert status == 401
+
+    # Keyboard use: the pages are links, reached with Tab and opened with Enter.
+    from selenium.webdriver.common.keys import Keys
+
+    ui.find('nav a[data-page="message"]').send_keys(Keys.ENTER)
+    ui.wait.until(lambda _: ui.find("#page-message").is_displayed(), "the message page by keyboard")
+    assert ui.driver.switch_to.active_element.get_attribute("id") == "main"
 
     ui.find("#logout").click()
     ui.wait.until(lambda _: ui.find("#token").is_displayed(), "signed out")

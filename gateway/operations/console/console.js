@@ -105,7 +105,9 @@ $("login-form").addEventListener("submit", async (event) => {
 
 $("logout").addEventListener("click", () => signOut("Signed out."));
 window.addEventListener("hashchange", () => {
-  if (token.get()) show(location.hash.slice(1));
+  if (!token.get()) return;
+  show(location.hash.slice(1));
+  $("main").focus({ preventScroll: true }); // keyboard and screen reader users start on the new page
 });
 
 const replay = new pages.Replay($("parked-form"));

@@ -70,13 +70,15 @@ export class Destinations {
   }
 }
 
+// The window's fields follow "the last 24 hours" each time the page is shown, until the user edits one.
 function fillWindow(prefix) {
-  const since = document.getElementById(`${prefix}-since`);
-  const until = document.getElementById(`${prefix}-until`);
-  if (!since.value || !until.value) {
-    const window = lastDay();
-    since.value = window.since;
-    until.value = window.until;
+  const fields = [document.getElementById(`${prefix}-since`), document.getElementById(`${prefix}-until`)];
+  if (fields.some((f) => f.value && f.dataset.auto !== "yes")) return;
+  const window = lastDay();
+  [fields[0].value, fields[1].value] = [window.since, window.until];
+  for (const f of fields) {
+    f.dataset.auto = "yes";
+    f.addEventListener("input", () => delete f.dataset.auto, { once: true });
   }
 }
 

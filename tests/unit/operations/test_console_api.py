@@ -136,6 +136,7 @@ async def test_the_pages_carry_strict_security_headers(client: Client, path: str
     assert csp == CSP
     assert "default-src 'self'" in csp
     assert "frame-ancestors 'none'" in csp
+    assert "form-action 'none'" in csp
     assert "unsafe-inline" not in csp
     assert "unsafe-eval" not in csp
     assert resp.headers["X-Frame-Options"] == "DENY"

@@ -117,6 +117,14 @@ def test_every_form_control_has_a_label(name: str) -> None:
     assert ("html", {"lang": "en"}) in page.tags
 
 
+def test_the_token_field_is_never_submitted_by_the_browser_itself() -> None:
+    """A form field without a name is never sent: with its script broken, the page cannot put the token in a URL."""
+    page = parse(FILES["index.html"][0].decode("utf-8"))
+    (token,) = [a for t, a in page.tags if t == "input" and a.get("id") == "token"]
+    assert token.get("type") == "password"
+    assert "name" not in token
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_the_javascript_writes_text_not_html_and_keeps_no_cookie(name: str) -> None:
     source = FILES[name][0].decode("utf-8")
