@@ -317,7 +317,7 @@ async def drop_pg_table(table: str, dsn: str = PG_DSN) -> None:
 
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_events"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_events", "{table}_control"')
         # Partitions detached by a retention purge that did not get to drop them.
         for name in await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE $1", f"{table}_events_p%"):
             await conn.execute(f'DROP TABLE IF EXISTS "{name[0]}"')

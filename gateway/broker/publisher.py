@@ -243,6 +243,12 @@ class Broker:
                 extra={"event": "queue_group_size_kept", "queue": queue},
             )
         self._warned |= self.declared.without_sac | self.declared.members_kept
+        for queue in sorted(self.declared.unreachable):
+            log.warning(
+                "parking queue %s is on a node that is down; parking waits until it is back",
+                queue,
+                extra={"event": "parking_unreachable", "queue": queue},
+            )
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
         """Declare exchange, destination queues and parking queues on `channel`; safe to repeat."""

@@ -9,7 +9,9 @@ Every name lives under `broker.prefix`:
   delivery never requeues, it republishes what it hands back (gateway/delivery/deliverer.py).
 - `<prefix>.parked.<id>`: durable classic queue, no TTL, no length limit. Classic because
   reading it with basic.get and returning what is not taken keeps order, and it has no
-  delivery limit that could ever drop a parked message.
+  delivery limit that could ever drop a parked message. On a cluster it lives on one node
+  (the one the declaring connection was on): while that node is down, parking waits for it
+  (held, never acked) and the rest of the topology is declared without it.
 - `<prefix>.leased.<id>` (inboxes only, kind = "inbox"): durable quorum queue holding the
   messages a partner has pulled and not yet acknowledged. Each is published with a per-message
   TTL of the inbox's `lease_s`; the broker dead-letters it *at-least-once* back into the
@@ -94,11 +96,13 @@ class Declared:
 
     `without_sac`: destination queues declared before single active consumer (every replica
     consumes them at once, as before); `members_kept`: queues whose initial group size differs
-    from the config (it applies only at creation, so the queue keeps its members).
+    from the config (it applies only at creation, so the queue keeps its members);
+    `unreachable`: classic parking queues whose one node was down when last declared.
     """
 
     without_sac: set[str] = field(default_factory=set)
     members_kept: set[str] = field(default_factory=set)
+    unreachable: set[str] = field(default_factory=set)  # parking queues whose node is down, this declare
 
 
 async def declare_destination_queue(
@@ -172,10 +176,12 @@ async def declare_topology(
 ) -> tuple[AbstractChannel, AbstractExchange]:
     """Declare the exchange, each destination's quorum queue (bound) and parking queue.
 
-    `open_channel` makes a channel; a tolerated PRECONDITION_FAILED (declare_destination_queue)
-    costs one, so the channel the topology ends on is returned with the exchange.
+    `open_channel` makes a channel; a tolerated failure (declare_destination_queue, an
+    unreachable parking queue) closes the channel it happened on, so the channel the topology
+    ends on is returned with the exchange.
     """
     found = found if found is not None else Declared()
+    found.unreachable.clear()
     channel = await open_channel()
     exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     for dest in destinations:
@@ -185,7 +191,18 @@ async def declare_topology(
         if channel is not used:  # the first channel closed on a tolerated mismatch: go on with the new one
             exchange = await channel.get_exchange(names.exchange)
         await queue.bind(exchange, routing_key=dest.id)
-        await channel.declare_queue(names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
+        try:
+            await channel.declare_queue(names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            # A classic queue lives on one node; while that node is down it cannot be declared
+            # (NOT_FOUND "home node ... is down or inaccessible"). The rest of the topology is
+            # fine: parking waits for the node (parking.py holds the message, unacked), and
+            # RabbitMQ keeps dead-letters at-least-once until the queue is back.
+            if "down or inaccessible" not in str(exc):
+                raise
+            found.unreachable.add(names.parking(dest.id))
+            channel = await open_channel()
+            exchange = await channel.get_exchange(names.exchange)
         if dest.is_inbox:
             await channel.declare_queue(names.leased(dest.id), durable=True, arguments=leased_arguments(names, dest))
     return channel, exchange

@@ -5,7 +5,8 @@ token_sha256` (or env SWGW_ADMIN_TOKEN_SHA256). Partner tokens never satisfy it.
 admin token configured the API answers 403 to everyone rather than being open.
 
     GET  /admin/destinations                         state, circuit, backlog, parked, last delivery
-    POST /admin/destinations/{id}/pause              stop taking messages (in-flight finish)
+    POST /admin/destinations/{id}/pause              stop taking messages (in-flight finish), on every
+                                                     replica (the shared pause state, pauses.py)
     POST /admin/destinations/{id}/resume
     GET  /admin/destinations/{id}/parked?limit=&type=&from=&message_id=&since=&until=
     POST /admin/destinations/{id}/replay             JSON: same filters + rate, dry_run, timeout_s
@@ -35,6 +36,7 @@ from gateway.journal.model import JournalReader, JournalWriter
 from gateway.observability.metrics import Metrics
 from gateway.operations import messages, replay
 from gateway.operations.access import check_admin
+from gateway.operations.pauses import Pauses
 from gateway.settings.model import Settings
 
 
@@ -75,6 +77,7 @@ class AdminApi:
         metrics: Metrics,
         reader: JournalReader | None = None,
         journal: JournalWriter | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -82,6 +85,7 @@ class AdminApi:
         self.metrics = metrics
         self.reader = reader
         self.journal = journal  # replays journal `replayed` events here
+        self.pauses = pauses  # pause/resume for every replica (pauses.py); None: this process only
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -125,14 +129,32 @@ class AdminApi:
 
     async def pause(self, request: web.Request) -> web.Response:
         dest = self._auth(request)
-        await self._worker(dest).pause()
-        return web.json_response({"id": dest, "state": "paused"})
+        worker = self._worker(dest)
+        await self._decide(dest, True, worker)
+        return web.json_response({"id": dest, "state": "paused", "scope": self._scope()})
 
     async def resume(self, request: web.Request) -> web.Response:
         dest = self._auth(request)
         worker = self._worker(dest)
-        await worker.resume()
-        return web.json_response({"id": dest, "state": worker.state})
+        await self._decide(dest, False, worker)
+        return web.json_response({"id": dest, "state": worker.state, "scope": self._scope()})
+
+    async def _decide(self, dest: str, paused: bool, worker: Any) -> None:
+        """Through the shared pause state when there is one (pauses.py): every replica follows it."""
+        if self.pauses is None:
+            await (worker.pause() if paused else worker.resume())
+            return
+        verb = "pause" if paused else "resume"
+        try:
+            await self.pauses.set(dest, paused, f"admin api: POST /admin/destinations/{dest}/{verb}")
+        except StoreError as exc:
+            raise JournalUnavailable(
+                f"The shared pause state did not answer ({exc}); nothing changed: a {verb} must reach every replica.",
+                retry_after_s=2,
+            ) from exc
+
+    def _scope(self) -> str:
+        return "all replicas" if self.pauses is not None and self.pauses.shared else "this replica"
 
     async def parked(self, request: web.Request) -> web.Response:
         dest = self._auth(request)

@@ -30,12 +30,14 @@ from gateway.intake.routing import Router
 from gateway.intake.signature import SignatureVerifier
 from gateway.intake.status import StatusApi
 from gateway.intake.validation import Validator
+from gateway.journal.control import control_store
 from gateway.journal.model import JournalReader, JournalWriter
 from gateway.journal.service import Journal
 from gateway.observability.metrics import Metrics, metrics_handler, request_timing_middleware
 from gateway.observability.problems import problem_middleware
 from gateway.operations.admin import AdminApi
 from gateway.operations.console_api import ConsoleApi
+from gateway.operations.pauses import Pauses
 from gateway.receipts import KeyRing
 from gateway.runtime import health, openapi
 from gateway.settings.model import Settings
@@ -71,6 +73,8 @@ def create_app(
         if role in ("all", "delivery")
         else None
     )
+    # Pause/resume for every replica, through the journal's database (operations/pauses.py).
+    pauses = Pauses(delivery, control_store(settings.dedup), settings.broker.replica_id)
 
     handler_args = {
         "max_line_size": settings.server.max_header_bytes,
@@ -104,7 +108,9 @@ def create_app(
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await broker.start()
         if delivery is not None:
+            await pauses.load(settings.dedup.timeout_s)  # a restarted replica comes up paused as the others are
             await delivery.start()  # its own connection; re-made after every loss, whoever started first
+        pause_poller = spawn_supervised("pause-poller", pauses.run, metrics.task_restarts)
         after = (lambda: delivery.update_age_gauges(metrics)) if delivery is not None else None
         poller = spawn_supervised(
             "depth-poller", lambda: broker.poll_depths(DEPTH_POLL_S, after), metrics.task_restarts
@@ -113,12 +119,13 @@ def create_app(
             "inbox-depth-poller", lambda: inboxes.poll_depths(DEPTH_POLL_S), metrics.task_restarts
         )
         yield
-        for task in (inbox_poller, poller):
+        for task in (inbox_poller, poller, pause_poller):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if delivery is not None:
             await delivery.stop(delivery_stop_timeout_s)
+        await pauses.close()
         await broker.close()
 
     app.cleanup_ctx.append(lifespan)
@@ -201,7 +208,9 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
 
-    admin_routes = AdminApi(settings, broker, delivery, metrics, reader=journal.reader, journal=journal.writer).routes()
+    admin_routes = AdminApi(
+        settings, broker, delivery, metrics, reader=journal.reader, journal=journal.writer, pauses=pauses
+    ).routes()
     admin_routes += ConsoleApi(settings, metrics, reader=journal.reader).routes()  # the ops console and its API
     if settings.admin.port is not None:  # separate listener: admin routes are not on the partner port
         admin_app = web.Application(

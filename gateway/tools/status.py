@@ -174,12 +174,20 @@ def render(rows: Sequence[Row], now: datetime, *, source: str | None = None) -> 
     replicas = sorted({r.replica for r in rows if r.replica})
     if replicas:  # a gateway that names its replica also says whether it is the one delivering
         header += ("ACTIVE HERE",)
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for r in sorted(rows, key=lambda r: r.id):
         since = _duration((now - r.circuit_changed_at).total_seconds()) if r.circuit_changed_at else "-"
         last = f"{_duration((now - r.last_delivery_at).total_seconds())} ago" if r.last_delivery_at else "never"
         rate = "-" if r.rate_per_s is None else f"{r.rate_per_s:.1f}"
-        line = (r.id, _STATE_WORDS.get(r.state, r.state), since, _count(r.backlog), _count(r.parked), rate, last)
+        line: tuple[str, ...] = (
+            r.id,
+            _STATE_WORDS.get(r.state, r.state),
+            since,
+            _count(r.backlog),
+            _count(r.parked),
+            rate,
+            last,
+        )
         if replicas:
             line += ("?" if r.active is None else "yes" if r.active else "no",)
         table.append(line)

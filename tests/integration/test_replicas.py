@@ -22,8 +22,10 @@ from tests.helpers import (
     RunningGateway,
     admin,
     config_doc,
+    drop_pg_table,
     fast_destination,
     post_many,
+    require_postgres,
     run_gateway,
     until,
     write_settings,
@@ -138,3 +140,59 @@ async def test_any_other_difference_is_still_a_topology_error(
         await until(lambda: broker.topology_error is not None, what="the topology error")
         assert "x-delivery-limit" in str(broker.topology_error)
         assert not broker.ready
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> dict[str, Any]:
+    """The [dedup] table both replicas share: one SQLite file, or a PostgreSQL table of this test's own."""
+    table = prefix.replace("-", "_") + "_shared"
+    if request.param == "postgres":
+        return {"backend": "postgres", "dsn": require_postgres(), "table": table}
+    return {"backend": "sqlite", "path": str(tmp_path / "shared.sqlite3"), "table": table}
+
+
+async def test_a_pause_reaches_every_replica_and_outlives_a_restart(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator, store: dict[str, Any], rabbit_url: str
+) -> None:
+    def shared(replica: str) -> Any:
+        folder = tmp_path / replica
+        folder.mkdir(exist_ok=True)
+        doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim)], broker={"replica_id": replica})
+        doc["dedup"] = store
+        return write_settings(folder, doc)
+
+    a, b = shared("gw-a"), shared("gw-b")
+    cleanup.append(a)
+    try:
+        async with run_gateway(a) as gw_a:
+            async with run_gateway(b) as gw_b:
+                status, body = await admin(gw_a, "POST", "/admin/destinations/vnaccs/pause")
+                assert (status, body["scope"]) == (200, "all replicas")
+                await until(lambda: worker(gw_b).paused, what="gw-b to follow gw-a's pause")
+                assert not worker(gw_a).consuming
+                assert not worker(gw_b).consuming  # nobody left to take the queue over
+                ids = await post_many(gw_b, 5, "HELD")
+            async with run_gateway(b) as gw_b:  # gw-b restarted: it comes up paused, before consuming
+                assert worker(gw_b).paused
+                assert worker(gw_b).state == "paused"
+                assert not set(ids) & set(sim.ids)  # held in the queue all along
+                status, body = await admin(gw_b, "POST", "/admin/destinations/vnaccs/resume")
+                assert status == 200
+                await until(lambda: not worker(gw_a).paused, what="gw-a to follow gw-b's resume")
+                await until(lambda: set(ids) <= set(sim.ids), what="the held messages delivered")
+    finally:
+        if store["backend"] == "postgres":
+            await drop_pg_table(store["table"])  # with its control table
+
+
+async def test_without_a_shared_store_a_pause_is_this_replicas_only(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator
+) -> None:
+    doc = config_doc(prefix, destinations=[fast_destination("vnaccs", sim)])
+    doc["dedup"] = {"backend": "none"}
+    settings = write_settings(tmp_path, doc)
+    cleanup.append(settings)
+    async with run_gateway(settings) as gw:
+        status, body = await admin(gw, "POST", "/admin/destinations/vnaccs/pause")
+        assert (status, body["scope"]) == (200, "this replica")
+        assert worker(gw).paused

@@ -173,9 +173,21 @@ def _state_change(verb: str, text: str) -> dict[str, Any]:
             "responses": {
                 "200": json_response(
                     "The destination's new state.",
-                    obj(["id", "state"], {"id": {"type": "string"}, "state": {"type": "string"}}),
+                    obj(
+                        ["id", "state"],
+                        {
+                            "id": {"type": "string"},
+                            "state": {"type": "string"},
+                            "scope": {
+                                "type": "string",
+                                "enum": ["all replicas", "this replica"],
+                                "description": "All replicas when the journal's database holds the pause state "
+                                "(every replica follows it within a second, and a restarted one comes up with it).",
+                            },
+                        },
+                    ),
                 ),
-                **problems(401, 403, 404, 409),
+                **problems(401, 403, 404, 409, 503),
             },
         }
     }
