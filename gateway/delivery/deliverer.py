@@ -105,8 +105,11 @@ class Deliverer:
         self._inflight: dict[int, float | None] = {}  # id(message) -> received_at (unix)
         self._slots = asyncio.Condition()
         self._active = 0
-        for outcome in OUTCOMES:
-            metrics.deliveries.labels(dest.id, outcome)
+        self._waiting = 0  # handlers waiting in _sending_slot for a slot
+        # Label children bound once: `.labels()` per message was a measurable share of a drain.
+        self._outcomes = {outcome: metrics.deliveries.labels(dest.id, outcome) for outcome in OUTCOMES}
+        self._last_delivery = metrics.last_delivery.labels(dest.id)
+        self._end_to_end = metrics.end_to_end.labels(dest.id)
 
     @property
     def inflight(self) -> int:
@@ -150,20 +153,31 @@ class Deliverer:
         ):
             self.stalled_head = received
         if outcome is not None:
-            self.metrics.deliveries.labels(self.dest.id, outcome).inc()
+            self._outcomes[outcome].inc()
 
     @contextlib.asynccontextmanager
     async def _sending_slot(self) -> AsyncIterator[None]:
-        """Bound sends to the ramping concurrency; a held message also wakes when it must go back."""
-        async with self._slots:
-            await self._slots.wait_for(lambda: self._active < self.ramp.concurrency or not self._may_send())
-            self._active += 1
+        """Bound sends to the ramping concurrency; a held message also wakes when it must go back.
+
+        A free slot is taken without the condition's lock (one event loop: nothing runs between
+        the check and the increment); only a handler that has to wait, and a release while
+        someone waits, go through the condition.
+        """
+        if self._waiting or self._active >= self.ramp.concurrency:
+            self._waiting += 1
+            try:
+                async with self._slots:
+                    await self._slots.wait_for(lambda: self._active < self.ramp.concurrency or not self._may_send())
+            finally:
+                self._waiting -= 1
+        self._active += 1
         try:
             yield
         finally:
-            async with self._slots:
-                self._active -= 1
-                self._slots.notify(max(1, self.ramp.concurrency - self._active))
+            self._active -= 1
+            if self._waiting:
+                async with self._slots:
+                    self._slots.notify(max(1, self.ramp.concurrency - self._active))
 
     async def _deliver(self, raw: AbstractIncomingMessage, msg: QueuedMessage) -> str | None:
         if not self._may_send():
@@ -280,8 +294,10 @@ class Deliverer:
             await raw.ack()
         except CHANNEL_ERRORS as exc:  # channel gone: the broker already returned it; it comes back once more
             log.warning("could not ack (%s); the broker will redeliver it", exc, extra=self._ctx(msg, "ack_failed"))
-        if outcome == "delivered":
-            log.info("delivered", extra=self._ctx(msg, "delivered", **more))
+        if outcome == "delivered" and log.isEnabledFor(logging.DEBUG):
+            # Counted (swgw_deliveries_total) and journaled (`delivered`); a line per message at
+            # INFO cost ~10% of a drain (bench/results/ANALYSIS.md), so it is DEBUG.
+            log.debug("delivered", extra=self._ctx(msg, "delivered", **more))
         return outcome
 
     async def hand_back(self, raw: AbstractIncomingMessage, msg: QueuedMessage, reason: str) -> str | None:
@@ -333,9 +349,9 @@ class Deliverer:
         now = time.time()
         self.delivered_total += 1
         self.last_delivery_at = now
-        self.metrics.last_delivery.labels(self.dest.id).set(now)
+        self._last_delivery.set(now)
         if received is not None:
-            self.metrics.end_to_end.labels(self.dest.id).observe(max(0.0, now - received))
+            self._end_to_end.observe(max(0.0, now - received))
 
     async def notify_slots(self) -> None:
         async with self._slots:
