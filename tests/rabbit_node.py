@@ -356,6 +356,13 @@ class RabbitCluster:
         )
         return [r for r in rows if r.get("queue_name") == queue]
 
+    def describe(self, queue: str) -> str:
+        """Leader, members, state and consumers of `queue`, for a drill's failure message."""
+        via = next(n for n in self.nodes if n.running)
+        status = via.ctl("list_queues", "name", "leader", "members", "online", "messages", "state", check=False)
+        row = next((line for line in status.splitlines() if line.startswith(queue)), status)
+        return f"{row}; consumers {self.consumers(queue)}"
+
     def remove(self) -> None:
         for node in self.nodes:
             node.remove()

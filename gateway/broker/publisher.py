@@ -104,6 +104,9 @@ class Broker:
         self._connections = 0  # connections that got as far as a declared topology
         self.declared = Declared()  # queues that predate an argument (topology.py)
         self._warned: set[str] = set()
+        self._renewing: asyncio.Future[None] | None = None  # a new publish channel after a nack
+        self._renewed_at = 0.0
+        self._closing_channels: set[asyncio.Future[None]] = set()
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
@@ -339,8 +342,47 @@ class Broker:
             ) from exc
         except BrokerUnavailable as exc:
             self.metrics.publish_failures.labels(_FAILURE_LABELS.get(exc.reason, "disconnected")).inc()
+            if exc.reason == "broker_nack":
+                self._renew_channel_soon()
             raise
         self.metrics.publish_duration.observe(time.perf_counter() - started)
+
+    def _renew_channel_soon(self) -> None:
+        """After a nack, publish on a new channel (at most once a second).
+
+        RabbitMQ 3.10, found by the cluster drill: a channel that first publishes to a quorum
+        queue while the queue elects a new leader (its leader's node died) nacks every later
+        publish to it, for ever, although the queue is running again; a new channel publishes
+        fine a second later. A nack is otherwise rare (the broker's own error), so a new
+        channel costs nothing in normal operation.
+        """
+        if self._renewing is not None or time.monotonic() - self._renewed_at < 1.0:
+            return
+        self._renewing = asyncio.ensure_future(self._renew_channel())
+
+    async def _renew_channel(self) -> None:
+        conn, old = self.connection, self._channel
+        try:
+            if conn is None or conn.is_closed or not self.ready:
+                return
+            channel = conn.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.initialize(timeout=self.settings.broker.connect_timeout_s)
+            exchange = await channel.get_exchange(self.names.exchange, ensure=False)
+            self._channel, self._exchange = channel, exchange
+            log.warning("publish channel renewed after a nack", extra={"event": "publish_channel_renewed"})
+            if old is not None:  # closed once the publishes still waiting on it have had their time
+                closing = asyncio.ensure_future(self._close_later(old))
+                self._closing_channels.add(closing)
+                closing.add_done_callback(self._closing_channels.discard)
+        except _CONNECTION_ERRORS as exc:
+            log.warning("could not renew the publish channel: %s", exc, extra={"event": "publish_channel_renew_failed"})
+        finally:
+            self._renewing, self._renewed_at = None, time.monotonic()
+
+    async def _close_later(self, channel: AbstractChannel) -> None:
+        await asyncio.sleep(self.settings.broker.confirm_timeout_s)
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     # -- queue depths, for the gauges and the admin API -------------------------------------
     async def poll_depths(self, interval_s: float, after: Callable[[], None] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Drill fixtures: one private RabbitMQ node per drill module (a start costs ~5 s), the backend
+"""Drill fixtures: one private RabbitMQ node per drill module (a start costs ~5 s), or a private
+three-node cluster for the replica drill (`rabbit_cluster`, ~30 s), the backend
 simulator in the test's loop, and `drill(**destination)` that builds a `Drill` and stops its
 processes and deletes its queues afterwards.
 
@@ -18,20 +19,35 @@ import pytest
 from gateway.tools.simulator import Simulator
 from tests.drills import queues
 from tests.drills.harness import Drill
-from tests.rabbit_node import RabbitNode, rabbitmq_sbin
+from tests.rabbit_node import RabbitCluster, RabbitNode, rabbitmq_sbin
 
 
-@pytest.fixture(scope="module")
-def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+def _require_rabbitmq_server() -> None:
     if rabbitmq_sbin() is None:
         if os.environ.get("CI"):
             pytest.fail("rabbitmq-server is not installed in CI (ops/setup-env.sh installs it)")
         pytest.skip("rabbitmq-server is not installed")
+
+
+@pytest.fixture(scope="module")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    _require_rabbitmq_server()
     node = RabbitNode(tmp_path_factory.mktemp("rabbit"))
     took = node.start()
     print(f"drill node {node.name} on 127.0.0.1:{node.port} ready in {took:.1f}s")
     yield node
     node.remove()
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three private nodes joined into one cluster, started once per module (~30 s), removed after."""
+    _require_rabbitmq_server()
+    cluster = RabbitCluster(tmp_path_factory.mktemp("cluster"))
+    took = cluster.start()
+    print(f"drill cluster {[n.name for n in cluster.nodes]} ready in {took:.1f}s")
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture
