@@ -81,10 +81,10 @@ class Pauses:
         """Poll the table for the process lifetime (an ingress-only replica has no workers to pause)."""
         if self.store is None or self.delivery is None:
             return
-        while True:
+        while True:  # load() made the first read, before the workers started
+            await asyncio.sleep(POLL_S)
             with contextlib.suppress(StoreError, TimeoutError):
                 await self.sync()
-            await asyncio.sleep(POLL_S)
 
     async def close(self) -> None:
         if self.store is not None:

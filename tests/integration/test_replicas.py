@@ -175,6 +175,7 @@ async def test_a_pause_reaches_every_replica_and_outlives_a_restart(
             async with run_gateway(b) as gw_b:  # gw-b restarted: it comes up paused, before consuming
                 assert worker(gw_b).paused
                 assert worker(gw_b).state == "paused"
+                assert worker(gw_b)._registrations == 0  # never registered a consumer, not even briefly
                 assert not set(ids) & set(sim.ids)  # held in the queue all along
                 status, body = await admin(gw_b, "POST", "/admin/destinations/vnaccs/resume")
                 assert status == 200
