@@ -307,3 +307,20 @@ def test_status_refuses_a_token_the_config_does_not_accept_and_a_missing_config(
     assert cli.main(["status", "--config", str(tmp_path / "missing.toml"), "--interval", "0"]) == 1
     assert "or give the admin API's address with --url" in capsys.readouterr().err
     assert asked == []
+
+
+def test_a_replica_that_names_itself_says_whether_it_is_the_active_one() -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    rows = [
+        Row.from_api({"id": "vnaccs", "state": "closed", "replica": "gw-2", "active": True}),
+        Row.from_api({"id": "ecoo", "state": "closed", "replica": "gw-2", "active": False}),
+    ]
+    screen = status.render(rows, now, source="http://gw-2:9090")
+    assert "from http://gw-2:9090 (replica gw-2)" in screen
+    lines = screen.splitlines()
+    assert lines[2].endswith("ACTIVE HERE")
+    assert lines[3].startswith("ecoo")
+    assert lines[3].endswith("no")
+    assert lines[4].startswith("vnaccs")
+    assert lines[4].endswith("yes")
+    assert "no: standby, or idle queue" in screen
