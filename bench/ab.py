@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -39,24 +40,38 @@ class AB(Bench):
         archive = subprocess.run(["git", "archive", args.base, "gateway"], cwd=ROOT, capture_output=True, check=True)
         for path in self.dirs.values():
             subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
-        for rel in args.paths.split(","):
-            if rel:
+            (path / "schemas").symlink_to(ROOT / "schemas")  # gateway/schemas is a symlink to ../schemas
+        for item in args.paths.split(","):
+            if item:  # `path` (the working tree's) or `path=file` (another version of it)
+                rel, _, source = item.partition("=")
                 target = self.dirs["new"] / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(ROOT / rel, target)
+                shutil.copyfile(source or ROOT / rel, target)
 
     def version(self, kind: str, role: str) -> Proc:
         argv = [PYTHON, "-m", "gateway", "serve", "--config", str(self.config), "--role", role]
         if self.args.workers > 1:
             argv += ["--workers", str(self.args.workers)]
+        # Run from the copy: `python -m` puts the working directory first on sys.path, ahead of
+        # PYTHONPATH, so from the checkout both would import the checkout's gateway.
         env = {"PYTHONPATH": str(self.dirs[kind])}
-        proc = Proc(f"gateway-{kind}-{role}", argv, self.tmp, env=env)
+        proc = Proc(f"gateway-{kind}-{role}", argv, self.tmp, env=env, cwd=self.dirs[kind])
         self.procs.append(proc)
+        self.check_version(proc, kind)
         try:
             asyncio.run(wait_http(f"http://127.0.0.1:{self.gw_port}/readyz", timeout_s=60))
         except TimeoutError:
             raise RuntimeError(f"{kind} gateway did not become ready:\n{proc.tail()}") from None
         return proc
+
+    def check_version(self, proc: Proc, kind: str) -> None:
+        """Fail loudly unless the process runs the copy it was given (not the checkout)."""
+        out = subprocess.run(
+            [PYTHON, "-c", "import gateway; print(gateway.__file__)"], cwd=self.dirs[kind],
+            env={**os.environ, "PYTHONPATH": str(self.dirs[kind])}, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        if not out.startswith(str(self.dirs[kind])):
+            raise RuntimeError(f"the {kind} gateway would import {out}, not its copy in {self.dirs[kind]}")
 
     def intake(self) -> dict[str, Any]:
         rates: dict[str, list[float]] = {"base": [], "new": []}

@@ -34,6 +34,11 @@ async def declare_topology(config: Path) -> None:
     broker = Broker(settings, Metrics(CollectorRegistry()))
     conn = await aio_pika.connect(RABBIT_URL)
     async with conn:
+        try:  # declared already (by a gateway of another version, maybe): leave it as it is
+            await (await conn.channel()).declare_queue(broker.names.queue(DEST), passive=True)
+            return
+        except aio_pika.exceptions.ChannelClosed:
+            pass
         await broker.declare(await conn.channel())
 
 

@@ -19,7 +19,9 @@ SWGW = str(Path(PYTHON).with_name("swgw"))
 class Proc:
     """A child process in its own process group, so stop() also ends its --workers children."""
 
-    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = logdir / f"{name}.log"
@@ -28,7 +30,7 @@ class Proc:
             argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env={**env_without_proxy(), **(env or {})},
             start_new_session=True,
         )

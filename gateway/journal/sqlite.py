@@ -43,17 +43,14 @@ DIALECT = Dialect(numbered=False, time_in=float, time_out=float)
 class SqliteStore(StoreReading):
     """Seen ids and the journal in a local SQLite file.
 
-    Writes (claims, confirms, releases, journal batches, purges) run on the event loop's own
-    thread, on one connection: every call queued in the same event-loop tick goes into one
-    transaction (group commit, `_run`), each call inside a savepoint of its own, so one
-    call's error undoes only that call. A batch is short (no fsync: WAL with
-    synchronous=NORMAL), and running it in place costs less than handing it to a worker
-    thread: that thread had to win the GIL back from the busy event loop for every
-    statement, up to the 5 ms switch interval each time (issue 17, bench/results/ANALYSIS.md).
-    A write waiting for another process's write lock (several gateway processes on one host)
-    waits in place, at most `timeout_s`. Reads (the journal's queries, `_fetch`) may be long:
-    they run on a second connection in a worker thread, and WAL lets them read beside the
-    writes. WAL with synchronous=NORMAL survives a killed process; a power cut
+    One connection, used from worker threads under a lock: the lock is taken inside the
+    thread, so a cancelled request can never leave two threads on the connection. Calls
+    that arrive while a batch runs go together in the next thread hop (`_run`) and share
+    one transaction (group commit), each inside a savepoint of its own, so one call's error
+    undoes only that call. Running the batches on the event loop instead (no thread hop)
+    measured worse with two gateway processes on one file: a write waiting for the other
+    process's lock then stalls every request of its process (issue 17, bench/results/
+    ANALYSIS.md). WAL with synchronous=NORMAL survives a killed process; a power cut
     may lose the last commits (docs/operations.md: what can be missing after which crash).
     `purge_batch` rows go per purge transaction, so a purge never holds the file for long.
     """
@@ -74,35 +71,25 @@ class SqliteStore(StoreReading):
         self.timeout_s = settings.timeout_s
         self.purge_batch = purge_batch
         self._limits = Limits(settings, journal, clock)
-        self._lock = threading.Lock()  # the read connection's: one worker thread on it at a time
-        self._db: sqlite3.Connection | None = None  # writes, on the event loop's thread
-        self._reader: sqlite3.Connection | None = None  # reads, in worker threads
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._open)  # schema creation may wait for another process's lock
+        await self._run(self._open)
 
     async def close(self) -> None:
-        if self._pending:  # calls queued in this very tick: let them commit first
-            self._flush()
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await asyncio.to_thread(self._locked, reader.close)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(self._locked, db.close)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         create_schema(db, self.table, self.events_table, journal=self._limits.journal)
-        self._reader = self._connect()
         self._db = db
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
@@ -110,7 +97,7 @@ class SqliteStore(StoreReading):
             return fn()
 
     def _locked_batch(self, batch: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        """Run each call in turn, all of them in one transaction (group commit).
+        """Run each call in turn in one thread hop, all of them in one transaction (group commit).
 
         Two statements per message (claim, confirm) each committed alone cost a WAL append
         of every page they touched, per statement; one COMMIT per batch writes each page once
@@ -119,32 +106,33 @@ class SqliteStore(StoreReading):
         nothing of the batch was written and every caller gets that error.
         """
         results: list[tuple[bool, Any]] = []
-        db = self._db
-        grouped = db is not None and len(batch) > 1 and self._begin(db)
-        for fn in batch:
-            if grouped:
-                assert db is not None
-                db.execute("SAVEPOINT call")
-            try:
-                value = fn()
-            except Exception as exc:  # handed to that call's own caller, never swallowed
+        with self._lock:
+            db = self._db
+            grouped = db is not None and len(batch) > 1 and self._begin(db)
+            for fn in batch:
                 if grouped:
                     assert db is not None
-                    grouped = self._undo_call(db)
-                results.append((False, exc))
-                continue
+                    db.execute("SAVEPOINT call")
+                try:
+                    value = fn()
+                except Exception as exc:  # handed to that call's own caller, never swallowed
+                    if grouped:
+                        assert db is not None
+                        grouped = self._undo_call(db)
+                    results.append((False, exc))
+                    continue
+                if grouped:
+                    assert db is not None
+                    db.execute("RELEASE call")
+                results.append((True, value))
             if grouped:
                 assert db is not None
-                db.execute("RELEASE call")
-            results.append((True, value))
-        if grouped:
-            assert db is not None
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                results = [(False, exc)] * len(batch)
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    results = [(False, exc)] * len(batch)
         return results
 
     @staticmethod
@@ -169,37 +157,38 @@ class SqliteStore(StoreReading):
         return db.in_transaction
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
-        """Queue the write `fn` for this tick's batch and wait for its own result.
+        """Queue `fn` for the next batch and wait for its own result.
 
-        Under load many requests want the store at once; the calls queued in one event-loop
-        tick run together, in one transaction, right after it (`_flush`).
+        Under load many requests want the store at once; one thread hop per request (two
+        per message) cost more CPU than the SQL itself (bench/results/ANALYSIS.md). Calls
+        that arrive while a batch runs go together in the next one.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal-sqlite-batch")
         try:
             return await future
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            results = self._locked_batch([fn for fn, _ in batch])
-        except Exception as exc:  # not a call's error (those are in results): fail every waiter
-            results = [(False, exc)] * len(batch)
-        for (_, future), (ok, value) in zip(batch, results, strict=True):
-            if future.done():  # its request was cancelled; the call itself ran, as before
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._locked_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # the thread could not run at all: fail every waiter
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else sqlite3.OperationalError(str(exc)))
+                raise
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # its request was cancelled; the call itself ran, as before
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -207,11 +196,7 @@ class SqliteStore(StoreReading):
         return self._db
 
     def _transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`body` in one write transaction, taking the write lock first (no other process interleaves).
-
-        Inside a batch's transaction (`_locked_batch`) the lock is held already and the
-        call's savepoint makes `body` atomic.
-        """
+        """`body` in one write transaction, taking the write lock first (no other process interleaves)."""
         db = self._conn()
         if db.in_transaction:
             return body(db)
@@ -335,15 +320,5 @@ class SqliteStore(StoreReading):
     # -- reading -----------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """A read, on the read connection in a worker thread: a long query never holds up the loop."""
-
-        def read() -> list[Any]:
-            if self._reader is None:
-                raise sqlite3.OperationalError("store is not open")
-            return self._reader.execute(sql, args).fetchall()
-
-        try:
-            rows: list[Any] = await asyncio.to_thread(self._locked, read)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+        rows: list[Any] = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return rows
