@@ -122,10 +122,11 @@ class Broker:
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._renewing, *self._closing_channels):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
