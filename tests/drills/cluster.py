@@ -85,6 +85,17 @@ class Replicas:
                 return next(r for r in body["destinations"] if r["id"] == DEST)  # type: ignore[no-any-return]
         return None
 
+    async def admin_post(self, replica: str, path: str) -> dict[str, Any]:
+        """POST an admin action to one replica; its JSON answer (AssertionError unless 200)."""
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.post(f"{self.gateways[replica].url}{path}", headers=headers) as resp,
+        ):
+            body = await resp.json(content_type=None)
+            assert resp.status == 200, body
+            return body  # type: ignore[no-any-return]
+
     async def active(self) -> list[str]:
         """The replicas whose consumer is the queue's active one (it has been sent messages)."""
         out = []

@@ -12,6 +12,9 @@ A partner posts steadily through each of them from its own process. In order:
 2. SIGKILL the replica whose consumer is the single active one (its `/admin/destinations`
    says `active`); the other replica's waiting consumer takes the queue over. The killed one
    is started again, as its supervisor would, and comes back as the waiting one;
+   Then an operator pauses the destination on that replica: both replicas stop consuming
+   (the pause goes through the PostgreSQL control table); a resume on the other one restarts
+   delivery;
 3. take the backend down (simulator mode `down`) until every replica's circuit is open, and
    bring it back.
 
@@ -100,6 +103,14 @@ async def test_replicas_on_a_cluster_lose_nothing_through_node_replica_and_backe
     await until("delivery steady again", lambda: len(sim.ids) >= steady + 30, 60)
     assert await r.active() == [other], "the restarted replica took the queue from the active one"
 
+    # an operator pauses the destination on one replica: both stop; resumed on the other: delivery goes on
+    assert (await r.admin_post(victim, "/admin/destinations/vnaccs/pause"))["scope"] == "all replicas"
+    await until("both replicas paused, neither consuming", lambda: _all_paused(r, A, B), 30)
+    seen, at = len(sim.deliveries), time.time()
+    await r.admin_post(other, "/admin/destinations/vnaccs/resume")
+    await r.next_delivery("after the resume", 30, after=seen)
+    times["resumed on the other replica"] = (time.time() - at, await r.first_accepted_after("after the resume", at, 30))
+
     # 3. the backend goes down, then comes back
     await sim.set_mode("down")
     await until("every replica's circuit open", lambda: _all_open(r, A, B), 60)
@@ -135,6 +146,11 @@ async def _active_is(r: Replicas, replica: str) -> bool:
 
 async def _more(r: Replicas, replica: str, than: int) -> bool:
     return await r.delivered_by(replica) > than
+
+
+async def _all_paused(r: Replicas, *replicas: str) -> bool:
+    rows = [await r.rows(x) for x in replicas]
+    return all(row is not None and row["paused"] and not row["consuming"] for row in rows)
 
 
 async def _all_open(r: Replicas, *replicas: str) -> bool:
