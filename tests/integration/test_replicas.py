@@ -24,6 +24,7 @@ from tests.helpers import (
     config_doc,
     drop_pg_table,
     fast_destination,
+    get_all,
     post_many,
     require_postgres,
     run_gateway,
@@ -197,3 +198,24 @@ async def test_without_a_shared_store_a_pause_is_this_replicas_only(
         status, body = await admin(gw, "POST", "/admin/destinations/vnaccs/pause")
         assert (status, body["scope"]) == (200, "this replica")
         assert worker(gw).paused
+
+
+async def test_an_outage_rotates_the_queue_through_the_replicas_once_and_then_both_hold(
+    tmp_path: Path, prefix: str, cleanup: list[object], sim: Simulator
+) -> None:
+    """The circuit with SAC: the first replica opens and cancels, the queue goes to the other,
+    which opens too; then both hold nothing until the backend is back. No delivery count spent."""
+    a, b = (settings_for(tmp_path, prefix, sim, r) for r in ("gw-a", "gw-b"))
+    cleanup.append(a)
+    async with run_gateway(a) as gw_a, run_gateway(b) as gw_b:
+        await sim.set_mode("down")
+        ids = await post_many(gw_a, 20, "OUT")
+        await until(
+            lambda: worker(gw_a).breaker.state.value == "open" and worker(gw_b).breaker.state.value == "open",
+            what="both circuits open",
+        )
+        assert not worker(gw_a).consuming
+        assert not worker(gw_b).consuming  # both hold nothing: the backlog waits in RabbitMQ
+        await sim.set_mode("up")
+        await until(lambda: set(ids) <= set(sim.ids), what="everything delivered after the outage")
+    assert await get_all(Names(prefix).parking("vnaccs")) == []  # nothing parked or dead-lettered
