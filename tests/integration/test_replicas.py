@@ -169,9 +169,10 @@ async def test_a_pause_reaches_every_replica_and_outlives_a_restart(
             async with run_gateway(b) as gw_b:
                 status, body = await admin(gw_a, "POST", "/admin/destinations/vnaccs/pause")
                 assert (status, body["scope"]) == (200, "all replicas")
-                await until(lambda: worker(gw_b).paused, what="gw-b to follow gw-a's pause")
+                await until(  # nobody left to take the queue over
+                    lambda: worker(gw_b).paused and not worker(gw_b).consuming, what="gw-b to follow gw-a's pause"
+                )
                 assert not worker(gw_a).consuming
-                assert not worker(gw_b).consuming  # nobody left to take the queue over
                 ids = await post_many(gw_b, 5, "HELD")
             async with run_gateway(b) as gw_b:  # gw-b restarted: it comes up paused, before consuming
                 assert worker(gw_b).paused
