@@ -120,10 +120,16 @@ async def test_an_existing_queue_keeps_its_members_whatever_the_group_size(
     settings = settings_for(tmp_path, prefix, sim, "gw-g", quorum_initial_group_size=5)
     cleanup.append(settings)
     await declare_old_queue(rabbit_url, prefix, **queue_arguments(Names(prefix), settings.destinations[0], 1))
+    try:  # does this RabbitMQ compare the argument on redeclare? 3.10 does (PRECONDITION_FAILED)
+        await declare_old_queue(rabbit_url, prefix, **queue_arguments(Names(prefix), settings.destinations[0], 5))
+        compared = False
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        compared = True
     async with run_gateway(settings) as gw:
         broker = gw.app[BROKER]
         assert broker.topology_error is None
-        assert broker.declared.members_kept == {Names(prefix).queue("vnaccs")}
+        assert broker.ready
+        assert broker.declared.members_kept == ({Names(prefix).queue("vnaccs")} if compared else set())
         assert not broker.declared.without_sac
 
 
