@@ -362,6 +362,10 @@ class DestinationWorker:
         )
 
     async def _on_trial(self, raw: AbstractIncomingMessage) -> None:
+        if self.breaker.state is CircuitState.CLOSED:
+            # sent after a successful trial, before the trial consumer was cancelled: deliver it
+            self._spawn(self.deliverer.handle(raw))
+            return
         if self.breaker.state is not CircuitState.OPEN or not self._trial_wanted or not self._may_try():
             # a message that came before the trial consumer was cancelled: back to the tail, free
             self._spawn(self._hand_back_quietly(raw))
