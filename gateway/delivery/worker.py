@@ -115,6 +115,7 @@ class DestinationWorker:
         metrics.circuit_changed.labels(d).set(self.circuit_changed_at)
         metrics.paused.labels(d).set(0)
         metrics.consuming.labels(d).set(0)
+        metrics.active.labels(d).set(0)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -298,6 +299,7 @@ class DestinationWorker:
     async def _cancel_consumer_locked(self) -> None:
         self.active_since = None
         self.metrics.consuming.labels(self.dest.id).set(0)
+        self.metrics.active.labels(self.dest.id).set(0)
         await self._cancel_locked("_consumer_tag")
 
     async def _cancel_locked(self, attr: str) -> None:
@@ -311,6 +313,7 @@ class DestinationWorker:
         self._consumer_tag, self._trial_tag, self._queue, self._channel = None, None, None, None
         self.active_since = None
         self.metrics.consuming.labels(self.dest.id).set(0)
+        self.metrics.active.labels(self.dest.id).set(0)
 
     # -- circuit -------------------------------------------------------------------------------
     def _on_circuit_change(self, old: CircuitState, new: CircuitState) -> None:
@@ -388,6 +391,7 @@ class DestinationWorker:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self.active_since is None and message.consumer_tag == self._consumer_tag:
             self.active_since = time.time()  # with SAC, only the active consumer is sent anything
+            self.metrics.active.labels(self.dest.id).set(1)
         self._spawn(self.deliverer.handle(message))
 
     def _on_stuck(self, delta: int) -> None:

@@ -178,6 +178,13 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.active = Gauge(
+            "swgw_destination_active",
+            "1 while this replica's consumer is the queue's single active one (it has been sent messages); "
+            "summed over the replicas, at most 1 per destination.",
+            ["destination"],
+            registry=r,
+        )
         self.returned = Counter(
             "swgw_delivery_returned_total",
             "Messages handed back to the destination queue unsent or after failing (republished with a confirm, "

@@ -63,6 +63,8 @@ async def test_one_replica_delivers_and_the_other_takes_over_when_it_stops(
             assert sorted(delivered.values()) == [0, 40], delivered  # ...one is sent everything
             assert worker(gw_a).active
             assert not worker(gw_b).active
+            assert gw_a.metric("swgw_destination_active", {"destination": "vnaccs"}) == 1
+            assert gw_b.metric("swgw_destination_active", {"destination": "vnaccs"}) == 0
             status, body = await admin(gw_a, "GET", "/admin/destinations")
             row = body["destinations"][0]
             assert status == 200
