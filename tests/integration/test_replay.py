@@ -321,6 +321,7 @@ async def test_listing_reports_delivery_limit_for_messages_rabbitmq_dead_lettere
         await channel.declare_queue(names.parking("vnaccs"), durable=True, arguments={"x-queue-type": "classic"})
         await park(settings, [parked("OK-1")])  # parked by the gateway: its own reason
         await channel.default_exchange.publish(parked("DL-1").unparked().to_amqp(), routing_key=names.queue("vnaccs"))
+
         async def give_back(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
             await msg.nack(requeue=True)  # returned until the broker dead-letters it
 
