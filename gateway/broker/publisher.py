@@ -246,7 +246,15 @@ class Broker:
                 queue,
                 extra={"event": "queue_group_size_kept", "queue": queue},
             )
-        self._warned |= self.declared.without_sac | self.declared.members_kept
+        for queue in sorted(self.declared.classic_parking - self._warned):
+            log.warning(
+                "parking queue %s is a classic queue from an earlier version: it lives on one node, and while that "
+                "node is down nothing can be parked, listed or replayed. To make it a replicated quorum queue, "
+                "replay it until empty and delete it (docs/operations.md, Running several replicas)",
+                queue,
+                extra={"event": "parking_queue_classic", "queue": queue},
+            )
+        self._warned |= self.declared.without_sac | self.declared.members_kept | self.declared.classic_parking
         for queue in sorted(self.declared.unreachable):
             log.warning(
                 "parking queue %s is on a node that is down; parking waits until it is back",

@@ -7,11 +7,30 @@ Every name lives under `broker.prefix`:
   message that reaches it is dead-lettered *at-least-once* into the parking queue, never
   dropped. A delivery is spent only when a channel is lost with the message unacked:
   delivery never requeues, it republishes what it hands back (gateway/delivery/deliverer.py).
-- `<prefix>.parked.<id>`: durable classic queue, no TTL, no length limit. Classic because
-  reading it with basic.get and returning what is not taken keeps order, and it has no
-  delivery limit that could ever drop a parked message. On a cluster it lives on one node
-  (the one the declaring connection was on): while that node is down, parking waits for it
-  (held, never acked) and the rest of the topology is declared without it.
+- `<prefix>.parked.<id>`: durable quorum queue, replicated like the destination queues (same
+  `x-quorum-initial-group-size`), no TTL, no length limit, no dead-letter exchange. Replicated so
+  that parking, listing and replay go on while any one node is down (issue 15). What the classic
+  queue it replaces gave for free is kept on purpose:
+  * *No delivery limit can drop a parked message.* Listing and replay read with basic.get and
+    give back what they do not take (nack with requeue, or the channel closing); a quorum
+    queue counts every return against `x-delivery-limit` (3.10: `delivery_count`; 4.0:
+    `acquired_count`, which any return increments; rabbit_fifo.erl `return_one`), and 4.0 defaults
+    the limit to 20 (rabbit_quorum_queue.erl `?DEFAULT_DELIVERY_LIMIT`): the 21st listing
+    would drop every parked message. 4.0 reads a negative limit as "none" (rabbit_fifo.erl
+    `init`), but 3.10 compares `DeliveryCount > DeliveryLimit`, so -1 there would drop a
+    message on its first return; neither version validates the value. Hence
+    `PARKING_DELIVERY_LIMIT` = 2**31 - 1: one return per listing, unreachable.
+  * *Order.* rabbit_fifo serves returned messages before the others but appends them behind
+    earlier returns (`take_next_msg`, `return_one`), and 3.10 gives a batch of returns back
+    shuffled. Listing and replay therefore read through every message present at their
+    start and give back what they hold themselves, in read order, 32 at a time
+    (gateway/operations/giveback.py).
+  Checked in the RabbitMQ sources at v3.10.0 and v4.0.5 (deps/rabbit/src/). An existing
+  *classic* parking queue (from before this) cannot become quorum (redeclaring fails with
+  PRECONDITION_FAILED on `x-queue-type`): it is used as it is (`Declared.classic_parking`,
+  warning `parking_queue_classic`, docs/operations.md says how to migrate), on one node as
+  before: while that node is down it cannot be declared, parking waits for it (held, never
+  acked) and the rest of the topology is declared without it.
 - `<prefix>.leased.<id>` (inboxes only, kind = "inbox"): durable quorum queue holding the
   messages a partner has pulled and not yet acknowledged. Each is published with a per-message
   TTL of the inbox's `lease_s`; the broker dead-letters it *at-least-once* back into the
@@ -97,11 +116,13 @@ class Declared:
     `without_sac`: destination queues declared before single active consumer (every replica
     consumes them at once, as before); `members_kept`: queues whose initial group size differs
     from the config (it applies only at creation, so the queue keeps its members);
-    `unreachable`: classic parking queues whose one node was down when last declared.
+    `classic_parking`: parking queues an older version made classic (on one node; used as they
+    are); `unreachable`: classic parking queues whose one node was down when last declared.
     """
 
     without_sac: set[str] = field(default_factory=set)
     members_kept: set[str] = field(default_factory=set)
+    classic_parking: set[str] = field(default_factory=set)
     unreachable: set[str] = field(default_factory=set)  # parking queues whose node is down, this declare
 
 
@@ -145,7 +166,44 @@ async def declare_destination_queue(
             channel = await open_channel()
 
 
-PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
+PARKING_DELIVERY_LIMIT = 2**31 - 1  # see the module docstring: set, never reached; -1 is not portable
+PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": PARKING_DELIVERY_LIMIT}
+QUEUE_TYPE = "x-queue-type"
+
+
+def parking_arguments(group_size: int | None = None) -> dict[str, Any]:
+    """A parking queue's arguments: replicated like the destination queues, no limit that could drop."""
+    args = dict(PARKING_ARGUMENTS)
+    if group_size is not None:
+        args[GROUP_SIZE] = group_size
+    return args
+
+
+async def declare_parking_queue(
+    channel: AbstractChannel,
+    open_channel: Callable[[], Awaitable[AbstractChannel]],
+    name: str,
+    group_size: int | None,
+    found: Declared,
+) -> AbstractChannel:
+    """Declare one parking queue as a quorum queue, or accept the classic one an older version made.
+
+    A classic queue cannot be redeclared as quorum (PRECONDITION_FAILED on `x-queue-type`,
+    which closes the channel): it is then checked with a passive declare on a new channel and
+    used as it is (`found.classic_parking`). A different group size is tolerated as for
+    destination queues. Returns the channel the declare ended on.
+    """
+    try:
+        channel, _ = await declare_destination_queue(channel, open_channel, name, parking_arguments(group_size), found)
+        return channel
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        differs = inequivalent(str(exc))
+        if differs is None or differs[0] != QUEUE_TYPE or differs[1] not in (None, "classic"):
+            raise
+    found.classic_parking.add(name)
+    channel = await open_channel()
+    await channel.declare_queue(name, passive=True)
+    return channel
 
 
 def leased_arguments(names: Names, dest: Destination) -> dict[str, Any]:
@@ -176,12 +234,13 @@ async def declare_topology(
 ) -> tuple[AbstractChannel, AbstractExchange]:
     """Declare the exchange, each destination's quorum queue (bound) and parking queue.
 
-    `open_channel` makes a channel; a tolerated failure (declare_destination_queue, an
-    unreachable parking queue) closes the channel it happened on, so the channel the topology
-    ends on is returned with the exchange.
+    `open_channel` makes a channel; a tolerated failure (declare_destination_queue, a classic
+    parking queue from an older version, or one whose node is down) closes the channel it
+    happened on, so the channel the topology ends on is returned with the exchange.
     """
     found = found if found is not None else Declared()
     found.unreachable.clear()
+    found.classic_parking.clear()  # what this declare finds: a queue deleted to migrate comes back quorum
     channel = await open_channel()
     exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     for dest in destinations:
@@ -191,17 +250,20 @@ async def declare_topology(
         if channel is not used:  # the first channel closed on a tolerated mismatch: go on with the new one
             exchange = await channel.get_exchange(names.exchange)
         await queue.bind(exchange, routing_key=dest.id)
+        used = channel
         try:
-            await channel.declare_queue(names.parking(dest.id), durable=True, arguments=PARKING_ARGUMENTS)
+            channel = await declare_parking_queue(channel, open_channel, names.parking(dest.id), group_size, found)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            # A classic queue lives on one node; while that node is down it cannot be declared
+            # Only a classic queue has a home node: while it is down, the queue cannot be declared
             # (NOT_FOUND "home node ... is down or inaccessible"). The rest of the topology is
             # fine: parking waits for the node (parking.py holds the message, unacked), and
             # RabbitMQ keeps dead-letters at-least-once until the queue is back.
             if "down or inaccessible" not in str(exc):
                 raise
+            found.classic_parking.add(names.parking(dest.id))
             found.unreachable.add(names.parking(dest.id))
             channel = await open_channel()
+        if channel is not used:
             exchange = await channel.get_exchange(names.exchange)
         if dest.is_inbox:
             await channel.declare_queue(names.leased(dest.id), durable=True, arguments=leased_arguments(names, dest))

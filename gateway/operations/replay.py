@@ -2,42 +2,37 @@
 
 How a replay reads a parking queue (`<prefix>.parked.<destination>`):
 - **Its own connection.** Every replay, dry run and listing opens an AMQP connection of its
-  own (not a robust one), so it shares nothing with the gateway's publishing or consuming
-  connections, and a lost connection ends it with an error instead of a silent resume.
+  own (not a robust one), sharing nothing with the gateway's connections: a lost connection
+  ends it with an error instead of a silent resume.
 - **One replay per destination.** Before reading, a replay declares the exclusive queue
-  `<prefix>.replay-lock.<destination>` on that connection. RabbitMQ lets one connection own
-  an exclusive queue: a second replay's declare fails at once with RESOURCE_LOCKED, and it
-  raises `ReplayInProgress` without having read anything (the CLI exits 3, the admin API
-  answers 409). The broker deletes the queue when the owning connection ends for any
-  reason: normal close, crash, SIGKILL (the socket closes), or a frozen process (missed
-  heartbeats), so a dead replay never leaves the lock behind. No in-process guard is
-  needed because the connection is never shared.
+  `<prefix>.replay-lock.<destination>` on that connection. A second replay's declare fails at
+  once with RESOURCE_LOCKED: `ReplayInProgress`, nothing read (CLI exit 3, admin API 409). The
+  broker deletes it when the owning connection ends (close, crash, SIGKILL, missed heartbeats).
 - **No consumer, no rotation.** Messages are read with basic.get, at most as many as were
   parked when the replay started. A selected message is published to the destination's
   exchange on a second channel with a publisher confirm and `mandatory`, and acked in
-  parking only after the broker's confirm. Messages that are not selected are never acked
-  and never re-published: when the reading channel closes, RabbitMQ puts them back where
-  they were, in their original order. Nothing is ever written to the parking queue.
-- **A bound.** A replay stops after the messages present at its start, after `limit`
+  parking only after the broker's confirm. Messages not selected are never acked nor
+  re-published: the reader reads on to the end of what was parked at its start and gives
+  them back itself, in read order (a quorum queue would shuffle them on a channel's close:
+  gateway/operations/giveback.py). Nothing is ever written to the parking queue.
+- **A bound.** A replay stops selecting after the messages present at its start, after `limit`
   selections, or at `timeout_s` (default 600 s, at most 1,500 s: RabbitMQ closes a channel
-  that holds a delivery unacked for `consumer_timeout`, 30 minutes by default, and 3.x
-  counts basic.get deliveries too). At the time limit it stops reading, waits for the
-  confirms in flight, and reports `timed_out`: what was confirmed stays replayed, the rest
-  stays parked.
+  holding a delivery unacked for `consumer_timeout`, 30 minutes by default; 3.x counts basic.get
+  deliveries too). At the time limit it stops selecting, reads the rest through, waits for
+  the confirms in flight and reports `timed_out`: the confirmed stay replayed, the rest parked.
 
 A replay killed at any point loses nothing and duplicates nothing in parking: an unacked
 message goes back to parking. At worst a message whose publish was confirmed but whose ack
-never reached the broker is both queued and still parked; the backend drops the second
-copy by its unchanged message id. The journal's `replayed` event is committed between the
-confirm and the ack (`replay()`); a journal that cannot commit stops the replay like a broker.
+never reached the broker is both queued and still parked; the backend drops the second copy
+by its unchanged message id. The journal's `replayed` event is committed between the confirm
+and the ack (`replay()`); a journal that cannot commit stops the replay like a broker.
 
-Listing (`browse`) and dry runs also use basic.get and ack nothing. Listing takes no lock
-(it changes nothing; while a replay holds messages, a listing shows the rest); a dry run
-does, so it reports what a replay would do now.
+Listing (`browse`) and dry runs also use basic.get and ack nothing. Listing takes no lock (it
+changes nothing; while a replay holds messages, a listing shows the rest); a dry run does.
 
-Filters: `since`/`until` compare with the time the message was parked (ops replay "what
-was parked during last night's outage"); `message_type`, `sender` and `message_id` match
-exactly; `limit` caps how many are selected.
+Filters: `since`/`until` compare with the time the message was parked (ops replay "what was
+parked during last night's outage"); `message_type`, `sender`, `message_id` match exactly;
+`limit` caps how many are selected.
 """
 
 from __future__ import annotations
@@ -61,6 +56,7 @@ from gateway.errors import BrokerUnavailable, ReplayInProgress, StoreError
 from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
+from gateway.operations.giveback import give_back, read_through
 from gateway.pacing import TokenBucket
 from gateway.settings.model import Settings
 from gateway.timeutil import Clock, parse_iso
@@ -250,24 +246,28 @@ async def browse(settings: Settings, destination: str, flt: ReplayFilter = Repla
     """List parked messages (matching `flt`, up to its limit) without consuming any.
 
     basic.get, which no prefetch window limits and which registers no consumer: every
-    message stays unacked until the channel closes and the broker puts them all back, in
-    order. Bodies are dropped as soon as their headers are read, so memory stays flat.
+    message read is held and then given back in order; at the filter's limit it reads the
+    rest through (module docstring). Bodies are dropped once their headers are read.
     """
     _check_destination(settings, destination)
     out: list[ParkedInfo] = []
     async with _connection(settings, f"parked list {destination}") as conn:
         channel = await conn.channel()
         queue, count = await _parking(settings, channel, destination)
-        for _ in range(count):
+        held: list[int] = []
+        for read in range(count):
             if flt.limit is not None and len(out) >= flt.limit:
+                await read_through(lambda: _get(queue, settings), count - read, held, destination)
                 break
             raw = await _get(queue, settings)
             if raw is None:
                 break
+            held.append(raw.delivery_tag or 0)
             msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
             if flt.matches(msg):
                 out.append(ParkedInfo.of(msg, raw.headers or {}))
-        await channel.close()  # returns every message read to parking, in order
+        await give_back(channel, queue.name, held, settings.broker.confirm_timeout_s)
+        await channel.close()
     return out
 
 
@@ -337,6 +337,8 @@ async def replay(
     failures: list[BaseException] = []
     bound_s = settings.broker.confirm_timeout_s
     detail = f"{action}; filter: {flt.describe()}"
+    held: list[int] = []  # delivery tags read, in order; acked: those moved
+    acked: set[int] = set()
 
     async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
         # Timed before the publish: its redelivery's first attempt can never sort before it.
@@ -353,6 +355,7 @@ async def replay(
                     raise StoreError(f"the journal did not commit a replayed event within {bound_s:g}s") from exc
             async with asyncio.timeout(bound_s):
                 await raw.ack()  # only after the confirm; unacked, it goes back to parking
+            acked.add(raw.delivery_tag or 0)
         except Exception as exc:  # recorded; the message stays parked, and replay() raises below
             failures.append(_broker_error(exc, settings, destination))
         finally:
@@ -374,7 +377,7 @@ async def replay(
         try:
             while report.scanned < report.present and not failures:
                 if flt.limit is not None and len(report.selected) >= flt.limit:
-                    break  # the rest is never read and stays where it is
+                    break  # the rest is read through below, never selected: it stays where it is
                 if clock() >= deadline:
                     report.timed_out = True
                     break
@@ -385,12 +388,13 @@ async def replay(
                     break
                 if raw is None:
                     break  # fewer than at the start (a listing holds some): nothing to wait for
+                held.append(raw.delivery_tag or 0)
                 report.scanned += 1
                 progress(report.scanned, report.present)
                 msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
                 if not flt.matches(msg):
                     report.skipped += 1
-                    continue  # never acked: back to parking, in place, when the channel closes
+                    continue  # never acked: given back to parking, in place, below
                 report.selected.append(ParkedInfo.of(msg, raw.headers or {}))
                 if dry_run:
                     continue
@@ -400,11 +404,14 @@ async def replay(
                 task = asyncio.create_task(move(exchange, raw, msg))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            if not failures:  # to the end of what was parked at the start (module docstring)
+                await read_through(lambda: _get(queue, settings), report.present - report.scanned, held, destination)
         finally:
             if tasks:  # each is bounded by the confirm timeout; cancelling would only lose acks
                 await asyncio.gather(*tasks, return_exceptions=True)
-            # Acks were written before this close, so the broker applies them first; every
-            # other message read goes back to parking, in order, before the lock is released.
+            # Acks were written before this, so the broker applies them first; every other
+            # message read goes back to parking, in order, before the lock is released.
+            await give_back(reader, queue.name, [t for t in held if t not in acked], bound_s)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(bound_s):
                     await reader.close()

@@ -3,7 +3,7 @@
 Each call opens its own short AMQP connection straight to the node, never through the
 gateway, so it works while the gateway is stuck, killed or blocked. These connections never
 publish, so a memory alarm does not block them. Nothing here acks a message: parked
-messages are browsed with `basic.get` and returned in order when the connection closes.
+messages are browsed with `basic.get` and given back in order (gateway/operations/giveback.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from gateway.broker.topology import Names
+from gateway.broker.topology import PARKING_ARGUMENTS, Names
+from gateway.operations.giveback import give_back
 
 PARKED_REASON = "x-swgw-parked-reason"
-# What an operator re-creates by hand, and what the gateway declares: durable, classic, no TTL.
-PARKING_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,12 @@ async def browse(url: str, queue: str) -> list[Parked]:
     try:
         async with _channel(url) as ch:
             q = await ch.declare_queue(queue, passive=True)
-            out = []
+            out, held = [], []
             while (msg := await q.get(no_ack=False, fail=False)) is not None:
                 out.append(Parked.from_amqp(msg))
-            return out  # closing the connection returns them, in their order (a classic queue)
+                held.append(msg.delivery_tag or 0)
+            await give_back(ch, queue, held, 10)  # a quorum queue: closing would shuffle them
+            return out
     except aio_pika.exceptions.ChannelNotFoundEntity:
         return []
 
@@ -87,7 +88,7 @@ async def delete(url: str, queue: str) -> None:
 
 
 async def declare_parking(url: str, queue: str) -> None:
-    """Re-create a parking queue exactly as the gateway declares it (durable, classic)."""
+    """Re-create a parking queue as the gateway declares it (durable, quorum, no group size)."""
     async with _channel(url) as ch:
         await ch.declare_queue(queue, durable=True, arguments=PARKING_ARGUMENTS)
 

@@ -8,7 +8,7 @@ A partner posts steadily through each of them from its own process. In order:
 1. kill -9 the node that leads the destination's quorum queue (`rabbitmqctl list_queues name
    leader`); the queue, replicated on all three nodes, elects a new leader and both replicas'
    connections move to a surviving node. The node is then started again on its data and
-   rejoins (the classic parking queue lives on it);
+   rejoins (parking with its leader dead: tests/drills/test_cluster_parking.py);
 2. SIGKILL the replica whose consumer is the single active one (its `/admin/destinations`
    says `active`); the other replica's waiting consumer takes the queue over. The killed one
    is started again, as its supervisor would, and comes back as the waiting one;
@@ -85,7 +85,7 @@ async def test_replicas_on_a_cluster_lose_nothing_through_node_replica_and_backe
     await until("both replicas ready again", lambda: _all_ready(r, A, B), 60)
     steady = len(sim.ids)
     await until("delivery steady again", lambda: len(sim.ids) >= steady + 30, 60)
-    await asyncio.to_thread(leader.start)  # back on its data: it rejoins (and brings its parking queue back)
+    await asyncio.to_thread(leader.start)  # back on its data: it rejoins
     await asyncio.to_thread(cluster.wait_members, 3)
 
     # 2. the replica delivering dies

@@ -88,6 +88,25 @@ async def queue_state(settings: Settings, queue: str) -> tuple[str, int]:
         return "exists", q.declaration_result.consumer_count or 0
 
 
+async def wait_ready(settings: Settings, n: int, timeout_s: float = 20) -> None:
+    """Wait until `n` messages are ready in parking, reading none (a passive declare counts them)."""
+    queue = Names(settings.broker.prefix).parking("vnaccs")
+    counted: list[int] = []
+
+    async def count(channel: aio_pika.abc.AbstractChannel) -> int:
+        counted.append((await channel.declare_queue(queue, passive=True)).declaration_result.message_count or 0)
+        return counted[-1]
+
+    async with await aio_pika.connect(settings.broker.url.reveal()) as conn:
+        channel = await conn.channel()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while await count(channel) != n:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"{counted[-1:]} parked, not {n}: dropped by a delivery limit?") from None
+
+
 def lock_of(settings: Settings) -> str:
     return replay.lock_name(Names(settings.broker.prefix), "vnaccs")
 
@@ -359,3 +378,42 @@ async def test_a_replay_to_a_missing_destination_queue_fails_clearly_and_moves_n
     assert "stopped after 0 confirmed" in str(failed.value)
     assert await wait_parked(settings, 2) == ["U-1", "U-2"]
     assert await queue_state(settings, lock_of(settings)) == ("free", 0)
+
+
+async def test_parked_messages_survive_many_listings_and_keep_their_order_through_replays(
+    gw: RunningGateway, sim: Simulator
+) -> None:
+    """Parking is a quorum queue: every listing gives each message back, and a quorum queue counts
+    that against `x-delivery-limit` (4.0 defaults it to 20, then drops) and appends what it gives
+    back behind earlier returns. 25 listings, full and stopped early by a limit, a replay stopped
+    early by its limit, then a replay of the rest: nothing lost, every listing in parking order."""
+    settings = gw.settings
+    names = Names(settings.broker.prefix)
+    async with await aio_pika.connect(settings.broker.url.reveal()) as conn:  # a quorum queue, not a classic one
+        channel = await conn.channel()
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed, match="x-queue-type"):
+            await channel.declare_queue(names.parking("vnaccs"), durable=True, arguments={"x-queue-type": "classic"})
+    ids = [f"L-{i:03d}" for i in range(100)]  # more than 32: RabbitMQ 3.10 shuffles a larger return
+    await park(settings, [parked(m, "ECOO" if i % 3 == 0 else "CUSDEC") for i, m in enumerate(ids)])
+    filters = [replay.ReplayFilter(), replay.ReplayFilter(limit=3), replay.ReplayFilter(message_type="ECOO", limit=20)]
+    for n in range(25):
+        flt = filters[n % 3]
+        rows = await replay.browse(settings, "vnaccs", flt)
+        want = [m for i, m in enumerate(ids) if flt.message_type is None or i % 3 == 0][: flt.limit]
+        assert [r.message_id for r in rows] == want, f"listing {n + 1} ({flt.describe()})"
+        await wait_ready(settings, len(ids))  # what it held is back before the next one reads
+
+    # A replay stopped by its limit takes the first two ECOO messages; the rest stays in order.
+    first = await replay.replay(settings, "vnaccs", replay.ReplayFilter(message_type="ECOO", limit=2))
+    assert [r.message_id for r in first.selected] == ["L-000", "L-003"]
+    assert first.replayed == 2
+    rest = [m for m in ids if m not in ("L-000", "L-003")]
+    await wait_ready(settings, len(rest))
+    assert [r.message_id for r in await replay.browse(settings, "vnaccs")] == rest
+
+    report = await replay.replay(settings, "vnaccs")
+    assert [r.message_id for r in report.selected] == rest  # replayed in parking order
+    assert (report.present, report.replayed, report.failed) == (len(rest), len(rest), 0)
+    await sim.wait_for(len(ids), timeout_s=30)
+    assert sorted(sim.ids) == ids  # none lost: every one of the 100 delivered
+    assert await parked_ids(settings) == []

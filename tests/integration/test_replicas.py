@@ -16,6 +16,7 @@ import aio_pika
 import pytest
 
 from gateway.broker.topology import GROUP_SIZE, SAC, Names, queue_arguments
+from gateway.operations import replay
 from gateway.runtime.app import BROKER, DELIVERY
 from gateway.tools.simulator import Simulator
 from tests.helpers import (
@@ -114,6 +115,46 @@ async def test_a_queue_from_before_sac_is_used_as_it_is_with_a_warning(
     assert warnings
     assert "drain and delete the queue" in warnings[0].getMessage()
     assert warnings[0].levelno == logging.WARNING
+
+
+async def test_a_classic_parking_queue_from_before_is_used_as_it_is_with_a_warning(
+    tmp_path: Path,
+    prefix: str,
+    cleanup: list[object],
+    sim: Simulator,
+    rabbit_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Parking queues were classic; RabbitMQ cannot redeclare one as quorum (PRECONDITION_FAILED).
+    The gateway parks into, lists and replays the old queue, and says how to migrate."""
+    settings = settings_for(tmp_path, prefix, sim, "gw-classic")
+    cleanup.append(settings)
+    parking = Names(prefix).parking("vnaccs")
+    async with await aio_pika.connect(rabbit_url) as conn:  # what the previous version declared
+        channel = await conn.channel()
+        await channel.declare_queue(parking, durable=True, arguments={"x-queue-type": "classic"})
+    await sim.set_mode("up", fail_ids=["OLDPARK-00001"], fail_status=400)
+    caplog.set_level(logging.INFO, logger="swgw.broker")
+    async with run_gateway(settings) as gw:
+        broker = gw.app[BROKER]
+        assert broker.topology_error is None
+        assert broker.ready
+        assert broker.declared.classic_parking == {parking}
+        assert not broker.declared.unreachable
+        ids = await post_many(gw, 3, "OLDPARK")  # OLDPARK-00001 is rejected: parked in the classic queue
+        await until(lambda: {"OLDPARK-00000", "OLDPARK-00002"} <= set(sim.ids), what="the others delivered")
+        await until(lambda: worker(gw).parker.parked_total == 1, what="the rejected one parked")
+        assert [r.message_id for r in await replay.browse(settings, "vnaccs")] == ["OLDPARK-00001"]
+        await sim.set_mode("up")
+        report = await replay.replay(settings, "vnaccs")
+        assert report.replayed == 1
+        await until(lambda: set(ids) <= set(sim.ids), what="the replayed one delivered")
+    assert await get_all(parking) == []
+    warnings = [r for r in caplog.records if getattr(r, "event", "") == "parking_queue_classic"]
+    assert len(warnings) == 1  # once, not at every reconnect
+    assert warnings[0].levelno == logging.WARNING
+    assert parking in warnings[0].getMessage()
+    assert "replay it until empty and delete it" in warnings[0].getMessage()
 
 
 async def test_an_existing_queue_keeps_its_members_whatever_the_group_size(

@@ -92,5 +92,6 @@ def test_queue_arguments_are_deliberate() -> None:
     assert args["x-delivery-limit"] == 500  # not RabbitMQ 4.x's default of 20
     assert args["x-dead-letter-routing-key"] == "swgw.parked.vnaccs"
     assert args["x-dead-letter-strategy"] == "at-least-once"
-    assert PARKING_ARGUMENTS["x-queue-type"] == "classic"  # no delivery limit, browse keeps order
+    assert PARKING_ARGUMENTS["x-queue-type"] == "quorum"  # replicated; a limit no listing reaches
+    assert PARKING_ARGUMENTS["x-delivery-limit"] == 2**31 - 1
     assert (names.exchange, names.queue("a"), names.parking("a")) == ("swgw.messages", "swgw.dest.a", "swgw.parked.a")
