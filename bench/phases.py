@@ -235,13 +235,22 @@ class Phases:
                     asyncio.run(purge([queue_name(self.prefix)]))
                     continue
                 waiting = asyncio.run(depth(queue_name(self.prefix)))
+                meter = CpuMeter(gw.pid)
+                meter.start()
                 sat = self.saturate(self.gw_port, self.args.saturation_s)
+                cpu = meter.stop(sat * self.args.saturation_s)
+                rss = sum(rss_mb(p)[0] for p in pids)  # after saturation, before the open loop
                 lat = self.open_loop(self.gw_port, rate)
-                rss = sum(rss_mb(p)[0] for p in pids)
-                res[step].append({"saturation": sat, "p99_ms": lat["p99_ms"], "rss_mb": rss, "waiting": waiting})
+                rss_after = sum(rss_mb(p)[0] for p in pids)
+                res[step].append(
+                    {"saturation": sat, "p99_ms": lat["p99_ms"], "rss_mb": rss, "rss_after_open_loop_mb": rss_after,
+                     "waiting": waiting, "gateway_ms_per_msg": cpu["proc_ms_per_msg"],
+                     "rabbit_ms_per_msg": cpu["rabbit_ms_per_msg"]}
+                )  # fmt: skip
                 _log(
-                    f"  {step} ({waiting:,} waiting): saturation {sat:,.0f}/s, p99 {lat['p99_ms']:.1f} ms "
-                    f"at {rate:,.0f}/s, RSS {rss:.0f} MB"
+                    f"  {step} ({waiting:,} waiting): saturation {sat:,.0f}/s (CPU per message gateway "
+                    f"{cpu['proc_ms_per_msg'] or 0:.3f} ms, RabbitMQ {cpu['rabbit_ms_per_msg'] or 0:.3f} ms), "
+                    f"p99 {lat['p99_ms']:.1f} ms at {rate:,.0f}/s, RSS {rss:.0f} MB ({rss_after:.0f} after it)"
                 )
         finally:
             self.stop(gw)
@@ -251,7 +260,17 @@ class Phases:
             "fill_per_s": size / fill_s if fill_s else None,
             "rate": rate,
             **{
-                k: {m: summary([r[m] for r in v]) for m in ("saturation", "p99_ms", "rss_mb")}
+                k: {
+                    m: summary([r[m] or 0.0 for r in v])
+                    for m in (
+                        "saturation",
+                        "p99_ms",
+                        "rss_mb",
+                        "rss_after_open_loop_mb",
+                        "gateway_ms_per_msg",
+                        "rabbit_ms_per_msg",
+                    )
+                }
                 | {"waiting": [r["waiting"] for r in v]}
                 for k, v in res.items()
             },
