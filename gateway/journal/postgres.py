@@ -202,7 +202,7 @@ class PostgresStore(StoreReading):
         for _ in range(5):
             won = await self._call(lambda c: c.fetchval(upsert, *args))
             if won == token:
-                return Claimed(a.sender, a.message_id, token)
+                return Claimed(a.sender, a.message_id, token, now)
             row = await self._call(lambda c: c.fetchrow(select, a.sender, a.message_id))
             if row is None:
                 continue
@@ -215,13 +215,14 @@ class PostgresStore(StoreReading):
 
     async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
         now = self._limits.clock()
+        queued_at = min(claim.at, now) if claim.at else now  # before any attempt (Claimed says why)
         update = (
             f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = $1, destination = $2, "
             "received_at = $3, status = CASE WHEN status = 'received' THEN 'queued' ELSE status END, "
-            "updated_at = $1 WHERE sender = $4 AND message_id = $5 AND token = $6"
+            "updated_at = $7 WHERE sender = $4 AND message_id = $5 AND token = $6"
         )
-        args: tuple[Any, ...] = (_ts(now), receipt.destination, receipt.received_at)
-        args += (claim.sender, claim.message_id, claim.token)
+        args: tuple[Any, ...] = (_ts(queued_at), receipt.destination, receipt.received_at)
+        args += (claim.sender, claim.message_id, claim.token, _ts(now))
         if not self._limits.journal:
             status = await self._with_partitions([], lambda c: c.execute(update, *args))
             return bool(status == "UPDATE 1")
@@ -234,7 +235,7 @@ class PostgresStore(StoreReading):
             "SELECT sender, message_id, $1, 'queued', destination FROM u) "
             "SELECT count(*) FROM u"
         )
-        done = await self._with_partitions([now], lambda c: c.fetchval(statement, *args))
+        done = await self._with_partitions([queued_at], lambda c: c.fetchval(statement, *args))
         return bool(done == 1)
 
     async def release(self, claim: Claimed) -> None:

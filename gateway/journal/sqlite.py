@@ -236,23 +236,24 @@ class SqliteStore(StoreReading):
                 "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', 0, NULL, NULL, ?)",
                 (*(a.sender, a.message_id, token, now, a.sha256, a.destination, a.received_at), *record),
             )
-            return Claimed(a.sender, a.message_id, token)
+            return Claimed(a.sender, a.message_id, token, now)
 
         result: ClaimResult = await self._run(lambda: self._transaction(q))
         return result
 
     async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
         now = self._limits.clock()
+        queued_at = min(claim.at, now) if claim.at else now  # before any attempt (Claimed says why)
 
         def q() -> bool:
             # One statement: with the journal on, a trigger appends the `queued` event in it
-            # (sqlite_schema.queued_event). Delivery may have moved the status on already (it can
-            # consume before this runs): that status stays.
+            # (sqlite_schema.queued_event, stamped with `at`). Delivery may have moved the status
+            # on already (it can consume before this runs): that status stays.
             cur = self._conn().execute(
                 f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = ?, destination = ?, "
                 "received_at = ?, status = CASE WHEN status = 'received' THEN 'queued' ELSE status END, "
                 "updated_at = ? WHERE sender = ? AND message_id = ? AND token = ?",
-                (now, receipt.destination, receipt.received_at, now, claim.sender, claim.message_id, claim.token),
+                (queued_at, receipt.destination, receipt.received_at, now, claim.sender, claim.message_id, claim.token),
             )
             return cur.rowcount == 1
 

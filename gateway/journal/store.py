@@ -100,11 +100,18 @@ class Arrival:
 
 @dataclass(frozen=True)
 class Claimed:
-    """This request owns (sender, message_id) and may publish; `token` proves ownership."""
+    """This request owns (sender, message_id) and may publish; `token` proves ownership.
+
+    `at` is when the claim was written (the store's clock), just before the publish. The
+    confirm stamps the `queued` event and the window's start with it, not with the confirm's
+    own time: delivery can consume (and journal an attempt) before the confirm reaches intake,
+    and a history must never show an attempt before the message was queued.
+    """
 
     sender: str
     message_id: str
     token: str
+    at: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from gateway.journal.model import STATUS_AFTER, Event, EventKind, MessageFilter,
 from gateway.journal.postgres import PostgresStore
 from gateway.journal.queries import InvalidCursor
 from gateway.journal.sqlite import SqliteStore
-from gateway.journal.store import JournalStore
+from gateway.journal.store import Claimed, JournalStore
 from gateway.timeutil import iso_unix
-from tests.unit.journal.stores import T0, Stores, arrival, queued
+from tests.unit.journal.stores import T0, Stores, arrival, queued, receipt_of
 
 
 def ev(kind: EventKind, at: float, message_id: str = "M-1", **kw: object) -> Event:
@@ -100,6 +100,21 @@ async def test_history_is_oldest_first_whatever_order_the_events_were_written_in
         (EventKind.DELIVERED, T0 + 7, None),
     ]
     assert await store.history("VN-NSW", "UNKNOWN") == []
+
+
+async def test_an_attempt_journaled_before_the_confirm_reaches_intake_still_follows_queued(stores: Stores) -> None:
+    # Delivery can consume, fail and journal `returned` before intake has processed the broker's
+    # confirm (CI saw it): the history must still read received, queued, returned.
+    store = await stores.started()
+    claim = await store.claim(arrival())
+    assert isinstance(claim, Claimed)
+    await store.write([ev(EventKind.RETURNED, T0 + 1, detail="a worker bug")])
+    stores.clock.now = T0 + 2  # the confirm is processed after the delivery's event
+    assert await store.confirm(claim, receipt_of(arrival()))
+    history = await store.history("VN-NSW", "M-1")
+    assert [e.kind for e in history] == [EventKind.RECEIVED, EventKind.QUEUED, EventKind.RETURNED]
+    assert history[1].at == T0  # stamped with the claim, made just before the publish
+    assert (await record(store)).status is Status.QUEUED
 
 
 async def _refuse_boom(store: JournalStore) -> None:
