@@ -111,7 +111,7 @@ class Phases:
         _log(f"drain: {size:,} queued, the sink up; naive delivery ceiling and gateway alternating")
         runs: dict[str, list[dict[str, Any]]] = {"naive": [], "gateway": []}
         for kind in alternate(self.args.runs, ("naive", "gateway")):
-            r = self._drain_once(kind, size)
+            r = self._drain_run(kind, size)
             runs[kind].append(r)
             _log(
                 f"  {kind}: {size:,} in {r['seconds']:.1f}s = {r['msg_per_s']:,.0f}/s; CPU per message "
@@ -124,7 +124,7 @@ class Phases:
             )
         self.results["drain"] = _summarise(runs, size)
 
-    def _drain_once(self, kind: str, size: int) -> dict[str, Any]:
+    def _drain_run(self, kind: str, size: int) -> dict[str, Any]:
         sink = self.sink()
         proc = None
         try:

@@ -26,7 +26,7 @@ BODY = b"x" * 8000
 
 async def run(messages: int, concurrency: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="swgw-store-cost-"))
-    store = SqliteStore(Dedup(backend="sqlite", path=str(tmp / "store.sqlite3")))
+    store = SqliteStore(Dedup(backend="sqlite", path=tmp / "store.sqlite3"))
     await store.start()
     sem = asyncio.Semaphore(concurrency)
     now = time.time()

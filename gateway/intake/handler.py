@@ -101,8 +101,7 @@ class Ingress:
             content_type = request.headers.get("Content-Type", "")
         if content_type not in XML_TYPES:
             raise UnsupportedMediaType(
-                f"Content-Type {content_type or '(none)'!r} is not accepted; "
-                "send application/xml (or text/xml)."
+                f"Content-Type {content_type or '(none)'!r} is not accepted; send application/xml (or text/xml)."
             )
         partner = self.auth.partner_for(request.headers.get("Authorization"), peer_certificate(request))
         labels[0] = partner.id

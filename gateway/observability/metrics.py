@@ -308,7 +308,6 @@ class Metrics:
             registry=r,
         )
 
-
     def child(self, metric: MetricT, *values: str) -> MetricT:
         """`metric.labels(*values)`, looked up once and kept: `.labels()` validates and locks on
         every call, a measurable share of a request (issue 17). The label sets are the metrics'
