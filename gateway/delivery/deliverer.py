@@ -5,7 +5,8 @@ module decides what becomes of each one it is handed:
 - delivered (2xx): acked.
 - rejected (other 4xx, 1xx, 3xx): parked with reason `rejected`, then acked (parking.py).
 - failing (refused, timeout, 5xx, 408, 429): retried in place with backoff while sending is
-  allowed. Attempts are counted across redeliveries in the `x-swgw-attempts` header. A
+  allowed. Attempts are counted across redeliveries in the `x-swgw-attempts` header, except
+  those of a delivery the circuit opened on (the outage's, not the message's). A
   message that has used `max_attempts` is parked with reason `max_attempts` whatever the
   circuit state when the backend is evidently up: another message got through while it was
   failing, or the health probe answers healthy (a poison message). Only when neither holds
@@ -39,7 +40,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
 
 from gateway.broker.publisher import Broker
-from gateway.delivery.circuit import CircuitBreaker, RateLimiter, SlowStart
+from gateway.delivery.circuit import CircuitBreaker, CircuitState, RateLimiter, SlowStart
 from gateway.delivery.journaling import DeliveryJournal, dead_letters
 from gateway.delivery.parking import Parker
 from gateway.delivery.retry import retrying
@@ -191,6 +192,8 @@ class Deliverer:
         except PermanentDeliveryError as exc:
             return await self._park(raw, msg, "rejected", exc, attempts[0])
         except TransientDeliveryError as exc:
+            # Opened by `failure_threshold` distinct messages failing while this one was: an outage.
+            outage = self.breaker.state is not CircuitState.CLOSED
             if attempts[0] >= self.dest.max_attempts:
                 # Poison or outage? Others got through while this one failed, or the backend's
                 # health check says it is up: the fault is this message's. Otherwise the
@@ -200,7 +203,14 @@ class Deliverer:
                 self.breaker.force_open()
             if self._is_stopping():
                 return None
-            return await self.hand_back(raw, msg.with_attempts(attempts[0]), self._why_not())
+            # If the outage opened the circuit while this one was failing, these failures were the
+            # outage's, not this message's, and are not charged: a flapping backend would otherwise
+            # park healthy messages as max_attempts, a few failed tries per down phase (drill f). A
+            # poison message among healthy traffic never opens the circuit (one failure per
+            # distinct message), so it still reaches the limit; one that forced the circuit open
+            # alone keeps its count, so it is parked at once when others get through again.
+            charged = msg.attempts if outage else attempts[0]
+            return await self.hand_back(raw, msg.with_attempts(charged), self._why_not())
         return await self._settle(raw, msg, "delivered", EventKind.DELIVERED, status=answer.status, attempt=attempts[0])
 
     async def _attempts(self, msg: QueuedMessage, attempts: list[int]) -> Answer:
