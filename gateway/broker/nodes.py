@@ -86,6 +86,24 @@ class Nodes:
             await asyncio.sleep(b.reconnect_interval_s)
         return None
 
+    async def after_loss(self) -> None:
+        """The pause before reconnecting after a loss: with one node, `reconnect_interval_s`;
+        with several, none (the next node is tried at once)."""
+        if len(self._urls) == 1:
+            await asyncio.sleep(self.settings.reconnect_interval_s)
+
+
+def lost_future(conn: AbstractConnection) -> asyncio.Future[None]:
+    """A future done once `conn` closes, whatever closed it: what a connection's owner waits on."""
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_close(*_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    conn.close_callbacks.add(on_close)
+    return lost
+
 
 async def connect_first(settings: BrokerSettings, client_properties: FieldTable) -> AbstractConnection:
     """One try of each node in order, for a command's short-lived connection; the last failure is raised."""

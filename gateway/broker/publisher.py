@@ -24,7 +24,7 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from gateway.broker.nodes import Nodes
+from gateway.broker.nodes import Nodes, lost_future
 from gateway.broker.topology import Declared, Names, declare_topology
 from gateway.errors import BrokerUnavailable, ConfirmTimeout
 from gateway.messages import QueuedMessage
@@ -158,18 +158,11 @@ class Broker:
         to its one URL): with several nodes a lost connection moves to the next node that
         answers (nodes.py), and the topology is declared again on whichever node it is.
         """
-        b = self.settings.broker
         while not self._closing:
             conn = await self._nodes.connect(closing=lambda: self._closing)
             if conn is None:
                 return
-            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            def on_close(*_: object, lost: asyncio.Future[None] = lost) -> None:
-                if not lost.done():
-                    lost.set_result(None)
-
-            conn.close_callbacks.add(on_close)
+            lost = lost_future(conn)
             conn.close_callbacks.add(self._on_close)
             self.connection = conn
             try:
@@ -187,8 +180,8 @@ class Broker:
                 self._on_close()
                 with contextlib.suppress(Exception):
                     await conn.close()
-            if not self._closing and len(b.nodes) == 1:  # several nodes: the next one is tried at once
-                await asyncio.sleep(b.reconnect_interval_s)
+            if not self._closing:
+                await self._nodes.after_loss()
 
     async def _setup(self, conn: AbstractConnection, lost: asyncio.Future[None]) -> bool:
         """Open the publish channel and declare the topology; retried until it works or the connection goes."""

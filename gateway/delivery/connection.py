@@ -24,7 +24,7 @@ import logging
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from gateway.broker.nodes import Nodes
+from gateway.broker.nodes import Nodes, lost_future
 from gateway.errors import BrokerUnavailable
 from gateway.settings.model import BrokerSettings
 
@@ -69,18 +69,11 @@ class ConsumerConnection:
 
     async def run(self) -> None:
         """Connect to a node, wait for the connection to be lost, connect again: for the process lifetime."""
-        b = self.settings
         while not self._closing:
             conn = await self.nodes.connect(closing=lambda: self._closing)
             if conn is None:
                 return
-            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            def on_close(*_: object, lost: asyncio.Future[None] = lost) -> None:
-                if not lost.done():
-                    lost.set_result(None)
-
-            conn.close_callbacks.add(on_close)
+            lost = lost_future(conn)
             async with self._changed:
                 self._connection, self._lost = conn, lost
                 self.generation += 1
@@ -98,8 +91,7 @@ class ConsumerConnection:
                     await conn.close()
             if not self._closing:
                 log.warning("delivery connection lost; reconnecting", extra={"event": "delivery_disconnected"})
-                if len(b.nodes) == 1:  # several nodes: the next one is tried at once
-                    await asyncio.sleep(b.reconnect_interval_s)
+                await self.nodes.after_loss()
 
     async def close(self) -> None:
         self._closing = True
