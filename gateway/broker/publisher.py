@@ -225,29 +225,24 @@ class Broker:
         )
 
     def _warn_legacy(self) -> None:
-        for queue in sorted(self.declared.without_sac - self._warned):
-            log.warning(
-                "queue %s was declared before single active consumer: every replica delivers from it at once. "
-                "To switch it on, drain and delete the queue (docs/operations.md, Running several replicas)",
-                queue,
-                extra={"event": "queue_without_sac", "queue": queue},
-            )
-        for queue in sorted(self.declared.members_kept - self._warned):
-            log.info(
-                "queue %s exists with another initial group size; it keeps its members "
-                "(x-quorum-initial-group-size applies only when a queue is created)",
-                queue,
-                extra={"event": "queue_group_size_kept", "queue": queue},
-            )
-        for queue in sorted(self.declared.classic_parking - self._warned):
-            log.warning(
-                "parking queue %s is a classic queue from an earlier version: it lives on one node, and while that "
-                "node is down nothing can be parked, listed or replayed. To make it a replicated quorum queue, "
-                "replay it until empty and delete it (docs/operations.md, Running several replicas)",
-                queue,
-                extra={"event": "parking_queue_classic", "queue": queue},
-            )
-        self._warned |= self.declared.without_sac | self.declared.members_kept | self.declared.classic_parking
+        """Once per queue: what an existing queue kept from before, and what to do about it."""
+        d = self.declared
+        legacy = (
+            (d.without_sac, logging.WARNING, "queue_without_sac",
+             "queue %s was declared before single active consumer: every replica delivers from it at once. "
+             "To switch it on, drain and delete the queue (docs/operations.md, Running several replicas)"),
+            (d.members_kept, logging.INFO, "queue_group_size_kept",
+             "queue %s exists with another initial group size; it keeps its members "
+             "(x-quorum-initial-group-size applies only when a queue is created)"),
+            (d.classic_parking, logging.WARNING, "parking_queue_classic",
+             "parking queue %s is a classic queue from an earlier version: it lives on one node, and while that "
+             "node is down nothing can be parked, listed or replayed. To make it a replicated quorum queue, "
+             "replay it until empty and delete it (docs/operations.md, Running several replicas)"),
+        )  # fmt: skip
+        for queues, level, event, text in legacy:
+            for queue in sorted(queues - self._warned):
+                log.log(level, text, queue, extra={"event": event, "queue": queue})
+            self._warned |= queues
         for queue in sorted(self.declared.unreachable):
             log.warning(
                 "parking queue %s is on a node that is down; parking waits until it is back",
