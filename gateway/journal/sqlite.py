@@ -102,7 +102,10 @@ class SqliteStore(StoreReading):
         Two statements per message (claim, confirm) each committed alone cost a WAL append
         of every page they touched, per statement; one COMMIT per batch writes each page once
         (bench/results/ANALYSIS.md, issue 17). Each call runs in a savepoint: a call that
-        raises is rolled back alone and its caller gets the error. If the COMMIT fails,
+        raises is rolled back alone and its caller gets the error, unless the failure ended
+        the whole transaction (SQLite rolls back on some errors): then the calls before it
+        were undone too and their callers get that error, never a success that was not
+        written (a confirm's 202 or a delivery's ack relies on it). If the COMMIT fails,
         nothing of the batch was written and every caller gets that error.
         """
         results: list[tuple[bool, Any]] = []
@@ -119,6 +122,8 @@ class SqliteStore(StoreReading):
                     if grouped:
                         assert db is not None
                         grouped = self._undo_call(db)
+                        if not grouped:  # the batch's transaction went with it: so did the earlier calls
+                            results = [(False, exc)] * len(results)
                     results.append((False, exc))
                     continue
                 if grouped:

@@ -352,6 +352,28 @@ async def test_sqlite_calls_from_concurrent_requests_share_thread_hops_and_keep_
         await store.close()
 
 
+async def test_sqlite_a_call_that_ends_the_batch_transaction_fails_the_calls_before_it_too(tmp_path: Path) -> None:
+    # SQLite rolls a whole transaction back on some errors (disk full, I/O): the calls of the
+    # batch before the failing one are then undone, and must not be reported written.
+    store = SqliteStore(Dedup(path=tmp_path / "batch.sqlite3"))
+    await store.start()
+    try:
+
+        def ends_the_transaction() -> None:
+            store._conn().execute("ROLLBACK")  # what SQLite does by itself on such an error
+            raise sqlite3.OperationalError("database or disk is full")
+
+        first, bad = await asyncio.gather(
+            store.claim(arrival("T-1")), store._run(ends_the_transaction), return_exceptions=True
+        )
+        assert isinstance(bad, StoreError)
+        assert isinstance(first, StoreError), f"reported {first!r} for a claim that was rolled back"
+        assert await store.message("VN-NSW", "T-1") is None  # indeed not written
+        assert isinstance(await store.claim(arrival("T-1")), Claimed)  # and the store goes on
+    finally:
+        await store.close()
+
+
 def test_the_arrival_of_a_message_is_its_record() -> None:
     from gateway.messages import QueuedMessage
 
