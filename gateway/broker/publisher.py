@@ -365,6 +365,9 @@ class Broker:
             channel = conn.channel(publisher_confirms=True, on_return_raises=True)
             await channel.initialize(timeout=self.settings.broker.connect_timeout_s)
             exchange = await channel.get_exchange(self.names.exchange, ensure=False)
+            if conn is not self.connection or old is not self._channel:  # a reconnect set up a new one meanwhile
+                await channel.close()
+                return
             self._channel, self._exchange = channel, exchange
             log.warning("publish channel renewed after a nack", extra={"event": "publish_channel_renewed"})
             if old is not None:  # closed once the publishes still waiting on it have had their time
