@@ -39,12 +39,10 @@ from gateway.errors import (
     InvalidQuery,
     JournalUnavailable,
     StoreError,
-    Unauthenticated,
 )
 from gateway.inbox.lease import MAX_ACK_IDS, MAX_LIMIT, MAX_WAIT_S, Inbox
 from gateway.intake.identity import Authenticator
 from gateway.intake.limits import PartnerRateLimiter
-from gateway.intake.tls import peer_certificate
 from gateway.journal.model import JournalReader, JournalWriter
 from gateway.observability.metrics import Metrics
 from gateway.settings.model import Partner, Settings
@@ -113,11 +111,7 @@ class InboxApi:
         self.retry_after_s = retry_after_s
 
     def _inbox(self, request: web.Request) -> tuple[Partner, Inbox]:
-        try:
-            partner = self.auth.partner_for(request.headers.get("Authorization"), peer_certificate(request))
-        except Unauthenticated as exc:
-            self.metrics.auth_failures.labels(exc.reason).inc()
-            raise
+        partner = self.auth.partner_of(request, self.metrics)
         self.limiter.check(partner)
         inbox = self.inboxes.by_partner.get(partner.id)
         if inbox is None:

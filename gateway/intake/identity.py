@@ -22,10 +22,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from aiohttp import web
 from cryptography import x509
 
 from gateway.credentials import TokenHashes, bearer
 from gateway.errors import Unauthenticated
+from gateway.intake.tls import peer_certificate
+from gateway.observability.metrics import Metrics
 from gateway.settings.model import Partner
 
 
@@ -53,6 +56,15 @@ class Authenticator:
         self._tokens = TokenHashes((h, p) for p in partners for h in p.token_sha256)
         self._by_fingerprint = {fp: p for p in partners for fp in p.cert_fingerprint_sha256}
         self._by_subject = {s: p for p in partners for s in p.cert_subject}
+
+    def partner_of(self, request: web.Request, metrics: Metrics) -> Partner:
+        """The partner a request comes from (bearer token and/or TLS client certificate); a 401 is
+        counted in `swgw_auth_failures_total` by reason before it is raised."""
+        try:
+            return self.partner_for(request.headers.get("Authorization"), peer_certificate(request))
+        except Unauthenticated as exc:
+            metrics.auth_failures.labels(exc.reason).inc()
+            raise
 
     def partner_for(self, authorization: str | None, peer_cert: bytes | None = None) -> Partner:
         """Resolve an `Authorization` header value and the peer's verified DER certificate.

@@ -38,10 +38,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import JournalDisabled, JournalUnavailable, MessageNotFound, StoreError, Unauthenticated
+from gateway.errors import JournalDisabled, JournalUnavailable, MessageNotFound, StoreError
 from gateway.intake.identity import Authenticator
 from gateway.intake.limits import PartnerRateLimiter
-from gateway.intake.tls import peer_certificate
 from gateway.journal.model import JournalReader, MessageRecord
 from gateway.observability.metrics import Metrics
 from gateway.receipts import KeyRing, ReceiptFacts
@@ -86,11 +85,7 @@ class StatusApi:
     receipts: KeyRing | None = None  # `?receipt=1`: the signed receipt again (None: unsigned gateway)
 
     async def handle(self, request: web.Request) -> web.Response:
-        try:
-            partner = self.auth.partner_for(request.headers.get("Authorization"), peer_certificate(request))
-        except Unauthenticated as exc:
-            self.metrics.auth_failures.labels(exc.reason).inc()
-            raise
+        partner = self.auth.partner_of(request, self.metrics)
         self.limiter.check(partner)
         if self.reader is None:
             raise JournalDisabled(
