@@ -85,12 +85,29 @@ class SqliteStore(StoreReading):
             await asyncio.to_thread(self._locked, db.close)
 
     def _open(self) -> None:
+        """Connect and create the schema, retried within `timeout_s` while another process holds the file.
+
+        Two processes opening one new file at once (`swgw serve --workers 2`): SQLite answers
+        "database is locked" at once, without waiting for its busy timeout, to one of them in
+        some cases (switching the file to WAL, a lock upgrade it refuses to wait for, to avoid
+        a deadlock). Every statement here is idempotent, so the open is simply tried again.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        create_schema(db, self.table, self.events_table, journal=self._limits.journal)
-        self._db = db
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                create_schema(db, self.table, self.events_table, journal=self._limits.journal)
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # in the store's worker thread, never on the event loop
+                continue
+            self._db = db
+            return
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:

@@ -374,6 +374,37 @@ async def test_sqlite_a_call_that_ends_the_batch_transaction_fails_the_calls_bef
         await store.close()
 
 
+async def test_sqlite_open_retries_while_another_process_holds_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `swgw serve --workers 2` on a new file: SQLite may answer "database is locked" to one of
+    # the two at once, without waiting (CI saw a worker fail to start). The open is retried.
+    import gateway.journal.sqlite as module
+
+    real, refusals = module.create_schema, [sqlite3.OperationalError("database is locked")] * 3
+
+    def contended(*args: object, **kw: object) -> None:
+        if refusals:
+            raise refusals.pop()
+        real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "create_schema", contended)
+    store = SqliteStore(Dedup(path=tmp_path / "new.sqlite3"))
+    await store.start()
+    try:
+        assert not refusals
+        assert isinstance(await store.claim(arrival("O-1")), Claimed)
+    finally:
+        await store.close()
+
+    def broken(*args: object, **kw: object) -> None:
+        raise sqlite3.OperationalError("no such column: nope")  # not contention: raised at once
+
+    monkeypatch.setattr(module, "create_schema", broken)
+    with pytest.raises(StoreError, match="no such column"):
+        await SqliteStore(Dedup(path=tmp_path / "other.sqlite3")).start()
+
+
 def test_the_arrival_of_a_message_is_its_record() -> None:
     from gateway.messages import QueuedMessage
 
