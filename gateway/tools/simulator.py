@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
@@ -45,6 +46,22 @@ from gateway.observability.problems import problem_response
 from gateway.timeutil import Sleep
 
 log = logging.getLogger("gateway.tools.simulator")
+
+_SETTLE_PASSES = 3
+"""Event-loop passes for connections accepted before a stop to be made (each accept is a task)."""
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (SO_REUSEADDR: the port comes back after a down) that the server listens on."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
 
 MODES = ("up", "down", "error", "sick", "slow", "reject", "flap")
 
@@ -161,7 +178,8 @@ class Simulator:
         self._listen_lock = asyncio.Lock()
         self._flapper: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._site: web.TCPSite | None = None
+        self._site: web.SockSite | None = None
+        self._listener: socket.socket | None = None
         self.reset()
         data = web.Application()
         data.router.add_post(path, self._inbound)
@@ -325,12 +343,21 @@ class Simulator:
     async def _set_listening(self, up: bool) -> None:
         async with self._listen_lock:
             if up and self._site is None:
-                self._site = web.TCPSite(self._data, self.host, self.port, reuse_address=True)
+                self._listener = _listening_socket(self.host, self.port)
+                self._site = web.SockSite(self._data, self._listener)
                 await self._site.start()
                 self.port = self._data.addresses[0][1]
                 log.info("simulator data port %d accepting connections", self.port)
             elif not up and self._site is not None:
                 site, self._site = self._site, None
+                # Stop accepting, then let the connections already accepted be made before the
+                # server closes: asyncio (3.11) drops a connection accepted just before its
+                # server closed without closing its socket (Server._attach asserts, silently),
+                # a ResourceWarning later and, here, a connection left answering while "down".
+                assert self._listener is not None
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+                for _ in range(_SETTLE_PASSES):
+                    await asyncio.sleep(0)
                 await site.stop()
                 # Closing the listener alone would leave keep-alive connections answering.
                 server = self._data.server
