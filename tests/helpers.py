@@ -235,6 +235,12 @@ class TcpProxy:
 
     async def cut(self) -> None:
         if self._server is not None:
+            # Stop accepting and let the accepted connections reach _handle first: asyncio 3.11
+            # drops one accepted just before its server closes with its socket left open.
+            for sock in self._server.sockets:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            for _ in range(3):
+                await asyncio.sleep(0)
             self._server.close()
             await self._server.wait_closed()
             self._server = None
@@ -257,10 +263,15 @@ class TcpProxy:
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)  # before the await: a cut meanwhile closes it too
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.close()
+            return
+        if writer not in self._writers:  # cut while connecting upstream
+            writer.close()
+            up_writer.close()
             return
         self._writers.update((writer, up_writer))
         await asyncio.gather(
