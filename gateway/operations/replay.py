@@ -8,18 +8,20 @@ How a replay reads a parking queue (`<prefix>.parked.<destination>`):
   `<prefix>.replay-lock.<destination>` on that connection. A second replay's declare fails at
   once with RESOURCE_LOCKED: `ReplayInProgress`, nothing read (CLI exit 3, admin API 409). The
   broker deletes it when the owning connection ends (close, crash, SIGKILL, missed heartbeats).
-- **No consumer, no rotation.** Messages are read with basic.get, at most as many as were
-  parked when the replay started. A selected message is published to the destination's
-  exchange on a second channel with a publisher confirm and `mandatory`, and acked in
-  parking only after the broker's confirm. Messages not selected are never acked nor
-  re-published: the reader reads on to the end of what was parked at its start and gives
-  them back itself, in read order (a quorum queue would shuffle them on a channel's close:
-  gateway/operations/giveback.py). Nothing is ever written to the parking queue.
+- **A consumer, no rotation.** Messages are read in parking order by a consumer, in rounds of
+  at most 1,024 (gateway/operations/parkread.py), at most as many as were parked when the
+  replay started: nothing parked meanwhile is read. A selected message is published to the
+  destination's exchange on a second channel with a publisher confirm and `mandatory`, and
+  acked in parking only after the broker's confirm (and its round's end). Messages not
+  selected are never acked nor re-published: the reader reads on to the end of what was
+  parked at its start, cancels its consumer and gives them back itself, in read order (a
+  quorum queue would shuffle them on a channel's close: gateway/operations/giveback.py).
+  Nothing is ever written to parking.
 - **A bound.** A replay stops selecting after the messages present at its start, after `limit`
   selections, or at `timeout_s` (default 600 s, at most 1,500 s: RabbitMQ closes a channel
-  holding a delivery unacked for `consumer_timeout`, 30 minutes by default; 3.x counts basic.get
-  deliveries too). At the time limit it stops selecting, reads the rest through, waits for
-  the confirms in flight and reports `timed_out`: the confirmed stay replayed, the rest parked.
+  holding a delivery unacked for `consumer_timeout`, 30 minutes by default, basic.get's too).
+  At the time limit it stops selecting, reads the rest through, waits for the confirms in
+  flight and reports `timed_out`: the confirmed stay replayed, the rest parked.
 
 A replay killed at any point loses nothing and duplicates nothing in parking: an unacked
 message goes back to parking. At worst a message whose publish was confirmed but whose ack
@@ -27,8 +29,8 @@ never reached the broker is both queued and still parked; the backend drops the 
 by its unchanged message id. The journal's `replayed` event is committed between the confirm
 and the ack (`replay()`); a journal that cannot commit stops the replay like a broker.
 
-Listing (`browse`) and dry runs also use basic.get and ack nothing. Listing takes no lock (it
-changes nothing; while a replay holds messages, a listing shows the rest); a dry run does.
+A dry run reads like a replay and acks nothing. Listing (`browse`) reads with basic.get and
+takes no lock (it changes nothing; while a replay holds messages, it shows the rest).
 
 Filters: `since`/`until` compare with the time the message was parked (ops replay "what was
 parked during last night's outage"); `message_type`, `sender`, `message_id` match exactly;
@@ -57,6 +59,7 @@ from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.operations.giveback import give_back, read_through
+from gateway.operations.parkread import ParkReader
 from gateway.pacing import TokenBucket
 from gateway.settings.model import Settings
 from gateway.timeutil import Clock, parse_iso
@@ -337,8 +340,6 @@ async def replay(
     failures: list[BaseException] = []
     bound_s = settings.broker.confirm_timeout_s
     detail = f"{action}; filter: {flt.describe()}"
-    held: list[int] = []  # delivery tags read, in order; acked: those moved
-    acked: set[int] = set()
 
     async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
         # Timed before the publish: its redelivery's first attempt can never sort before it.
@@ -354,8 +355,7 @@ async def replay(
                 except (TimeoutError, StoreError) as exc:  # that message is then queued and still parked
                     raise StoreError(f"the journal did not commit a replayed event within {bound_s:g}s") from exc
             async with asyncio.timeout(bound_s):
-                await raw.ack()  # only after the confirm; unacked, it goes back to parking
-            acked.add(raw.delivery_tag or 0)
+                await parked.ack(raw)  # only after the confirm; unacked, it goes back to parking
         except Exception as exc:  # recorded; the message stays parked, and replay() raises below
             failures.append(_broker_error(exc, settings, destination))
         finally:
@@ -365,6 +365,7 @@ async def replay(
         reader = await conn.channel()
         await _lock(settings, reader, destination)
         queue, report.present = await _parking(settings, reader, destination)
+        parked = ParkReader(reader, queue.name, report.present, bound_s=bound_s, destination=destination)
         publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await publisher.get_exchange(names.exchange, ensure=False)
         log.info(
@@ -382,13 +383,12 @@ async def replay(
                     report.timed_out = True
                     break
                 try:
-                    raw = await _get(queue, settings)
+                    raw = await parked.next()
                 except (*_CONNECTION_ERRORS, TimeoutError) as exc:
                     failures.append(_broker_error(exc, settings, destination))
                     break
                 if raw is None:
                     break  # fewer than at the start (a listing holds some): nothing to wait for
-                held.append(raw.delivery_tag or 0)
                 report.scanned += 1
                 progress(report.scanned, report.present)
                 msg = QueuedMessage.from_parts(raw.body, raw.headers or {})
@@ -405,16 +405,16 @@ async def replay(
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if not failures:  # to the end of what was parked at the start (module docstring)
-                await read_through(lambda: _get(queue, settings), report.present - report.scanned, held, destination)
+                await parked.read_through(report.present - report.scanned)
         finally:
+            await parked.stop()  # the acks of the last round go out; nothing more is delivered
             if tasks:  # each is bounded by the confirm timeout; cancelling would only lose acks
                 await asyncio.gather(*tasks, return_exceptions=True)
-            # Acks were written before this, so the broker applies them first; every other
-            # message read goes back to parking, in order, before the lock is released.
-            await give_back(reader, queue.name, [t for t in held if t not in acked], bound_s)
+            await parked.give_back()  # after the acks; back in order before the lock is released
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(bound_s):
                     await reader.close()
+    failures += [_broker_error(parked.failure, settings, destination)] if parked.failure and not failures else []
     return _finish(report, failures, metrics)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 from collections import Counter
@@ -23,7 +24,7 @@ import pytest
 from gateway.broker.topology import Names, queue_arguments
 from gateway.errors import BrokerUnavailable, ReplayInProgress
 from gateway.messages import Parking, QueuedMessage
-from gateway.operations import replay
+from gateway.operations import parkread, replay
 from gateway.progress import Progress
 from gateway.runtime.app import METRICS
 from gateway.settings.model import Settings
@@ -115,20 +116,20 @@ def lock_of(settings: Settings) -> str:
 async def held_replay(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, **kw: Any
 ) -> AsyncIterator[tuple[asyncio.Task[replay.ReplayReport], asyncio.Event]]:
-    """A replay that stops before its second basic.get until the test sets the yielded event."""
-    real_get = replay._get
+    """A replay that stops before reading its second message until the test sets the yielded event."""
+    real_next = parkread.ParkReader.next
     calls = 0
     inside, release = asyncio.Event(), asyncio.Event()
 
-    async def gated(queue: Any, s: Settings) -> Any:
+    async def gated(reader: parkread.ParkReader) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
             inside.set()
             await release.wait()
-        return await real_get(queue, s)
+        return await real_next(reader)
 
-    monkeypatch.setattr(replay, "_get", gated)
+    monkeypatch.setattr(parkread.ParkReader, "next", gated)
     task = asyncio.create_task(replay.replay(settings, "vnaccs", **kw))
     try:
         async with asyncio.timeout(20):
@@ -197,11 +198,14 @@ async def test_a_second_replay_is_refused_at_once_while_one_runs_anywhere(
     gw: RunningGateway, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await park(gw.settings, [parked(f"B-{i}") for i in range(5)])
+    # rounds of 2: the replay holds B-0 (moved, its ack waiting for the round's end) and B-1
+    monkeypatch.setattr(replay, "ParkReader", functools.partial(parkread.ParkReader, round_size=2))
     async with held_replay(gw.settings, monkeypatch) as (first, release):
         # the lock is an exclusive queue another connection cannot even look at
         assert await queue_state(gw.settings, lock_of(gw.settings)) == ("held", 0)
-        # ... and the parking queue has no consumer: the replay reads with basic.get
-        assert await queue_state(gw.settings, Names(gw.settings.broker.prefix).parking("vnaccs")) == ("exists", 0)
+        # ... and the parking queue has one consumer: the replay's reader, in its first round
+        assert await queue_state(gw.settings, Names(gw.settings.broker.prefix).parking("vnaccs")) == ("exists", 1)
+        await wait_ready(gw.settings, 3)
 
         async with asyncio.timeout(10):  # refused at once, never queued behind the first
             with pytest.raises(ReplayInProgress, match="'vnaccs' is already running") as refused:
@@ -223,7 +227,7 @@ async def test_a_second_replay_is_refused_at_once_while_one_runs_anywhere(
             assert "refused" in err
             assert "'vnaccs' is already running" in err
             # listing takes no lock: it shows what the replay does not hold right now
-            assert len(await replay.browse(gw.settings, "vnaccs")) == 4
+            assert [r.message_id for r in await replay.browse(gw.settings, "vnaccs")] == ["B-2", "B-3", "B-4"]
         assert not first.done()
         release.set()
         report = await asyncio.wait_for(first, 30)
