@@ -1,6 +1,7 @@
 """Before/after of a change in one run: the gateway at a base commit against the working tree, alternating.
 
     .venv/bin/python -m bench.ab --base HEAD --paths gateway/journal/sqlite.py [--runs 3] [--only intake,drain]
+                                 [--store postgres]
 
 The base's `gateway/` is exported with `git archive` into a temporary directory, and a second
 copy gets the working tree's version of `--paths` (only the change under test: others may be
@@ -9,7 +10,9 @@ editing other files of the same tree); each runs as `python -m gateway serve` wi
 so drift on the shared machine hits both alike, and the medians are compared. Intake:
 saturation with 64 connections (`--role ingress`), CPU per message of the gateway's processes.
 Drain: `--drain-size` queued, the sink up, `--role all` started, timed from the sink's first
-count to its last. Prints one table; this is how each optimisation's commit gets its figures.
+count to its last. `--store postgres` gives both the PostgreSQL store instead of SQLite (the tests'
+database, a table of its own, dropped after). Prints one table; this is how each optimisation's
+commit gets its figures.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from bench.backlog import declare_topology, publish_backlog
 from bench.common import ROOT, load_average, purge, queue_name, wait_http
 from bench.phases import CpuMeter, alternate
 from bench.procs import PYTHON, Proc
-from bench.suite import Bench, log
+from bench.store_cost import postgres_cpu_s
+from bench.suite import PG_DSN, Bench, log
 
 
 class AB(Bench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
+        if self.pg_config is not None:  # --store postgres: the gateway on PostgreSQL is the one measured
+            self.config, self.gw_port = self.pg_config, self.pg_port
         self.dirs = {kind: Path(tempfile.mkdtemp(prefix=f"swgw-ab-{kind}-")) for kind in ("base", "new")}
         archive = subprocess.run(["git", "archive", args.base, "gateway"], cwd=ROOT, capture_output=True, check=True)
         for path in self.dirs.values():
@@ -76,6 +82,7 @@ class AB(Bench):
     def intake(self) -> dict[str, Any]:
         rates: dict[str, list[float]] = {"base": [], "new": []}
         cpu: dict[str, list[float]] = {"base": [], "new": []}
+        pg: dict[str, list[float]] = {"base": [], "new": []}
         for kind in ("base", "new"):  # warm-up, not measured
             gw = self.version(kind, "ingress")
             self.saturate(self.gw_port, 3)
@@ -87,15 +94,19 @@ class AB(Bench):
                 self.saturate(self.gw_port, 2)  # this process's own warm-up
                 meter = CpuMeter(gw.pid)
                 meter.start()
+                pg0 = postgres_cpu_s()
                 rate = self.saturate(self.gw_port, self.args.saturation_s)
                 ms = meter.stop(rate * self.args.saturation_s)["proc_ms_per_msg"] or 0.0
+                pg_ms = 1000 * (postgres_cpu_s() - pg0) / max(rate * self.args.saturation_s, 1.0)
             finally:
                 self.stop(gw)
                 asyncio.run(purge([queue_name(self.prefix)]))
             rates[kind].append(rate)
             cpu[kind].append(ms)
-            log(f"  intake {kind}: {rate:,.0f}/s, {ms:.3f} ms CPU per message")
-        return {k: {"per_s": rates[k], "cpu_ms": cpu[k]} for k in rates}
+            pg[kind].append(pg_ms)
+            also = f", PostgreSQL {pg_ms:.3f} ms (every postgres process)" if self.pg_config is not None else ""
+            log(f"  intake {kind}: {rate:,.0f}/s, {ms:.3f} ms CPU per message{also}")
+        return {k: {"per_s": rates[k], "cpu_ms": cpu[k], "pg_cpu_ms": pg[k]} for k in rates}
 
     def drain(self) -> dict[str, Any]:
         size = self.args.drain_size
@@ -135,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", default="intake,drain")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite", help="the gateways' journal store")
+    parser.add_argument("--pg-dsn", default=os.environ.get("SWGW_BENCH_PG_DSN", PG_DSN), help="for --store postgres")
     args = parser.parse_args(argv)
-    args.dedup, args.keep_tmp, args.profile, args.latency_s, args.pg_dsn = "sqlite", False, False, 10.0, ""
+    args.dedup, args.keep_tmp, args.profile, args.latency_s = "sqlite", False, False, 10.0
+    if args.store != "postgres":
+        args.pg_dsn = ""
     ab = AB(args)
     load = load_average()
     log(f"A/B: base {args.base} vs it with {args.paths}, {args.runs} alternating runs each, load average {load}")
@@ -155,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({nc / bc - 1:+.0%}); runs base {[round(x) for x in r['base']['per_s']]} "
             f"new {[round(x) for x in r['new']['per_s']]}"
         )
+        if args.store == "postgres" and r["base"].get("pg_cpu_ms"):
+            bp, np_ = statistics.median(r["base"]["pg_cpu_ms"]), statistics.median(r["new"]["pg_cpu_ms"])
+            print(f"{what}: PostgreSQL CPU per message {bp:.3f} -> {np_:.3f} ms (every postgres process on the host)")
     return 0
 
 

@@ -13,13 +13,17 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.errors import StoreError
 from gateway.journal import postgres_schema as schema
 from gateway.journal import queries
 from gateway.journal.model import Event
+from gateway.journal.postgres_batch import AGAIN, Again, Batcher, claim_sql, confirm_sql
 from gateway.journal.queries import Dialect
 from gateway.journal.reading import StoreReading
 from gateway.journal.store import (
@@ -33,6 +37,7 @@ from gateway.journal.store import (
     Receipt,
     Seen,
 )
+from gateway.observability.metrics import Metrics
 from gateway.settings.model import Dedup, JournalSettings
 from gateway.timeutil import Clock
 
@@ -58,6 +63,33 @@ MONTHS_AHEAD = 2
 """Event partitions made ahead of the current month, so no insert waits for a CREATE."""
 
 
+CLAIM_TRIES = 5
+"""Statements a claim may take while its row keeps changing under it (then: InFlight)."""
+
+
+@dataclass
+class _Claim:
+    arrival: Arrival
+    token: str
+    tries: int = 1
+
+
+@dataclass(frozen=True)
+class _Confirm:
+    claim: Claimed
+    receipt: Receipt
+    queued_at: float
+    now: float
+
+
+def _claim_key(call: _Claim) -> tuple[str, str]:
+    return (call.arrival.sender, call.arrival.message_id)
+
+
+def _confirm_key(call: _Confirm) -> tuple[str, str]:
+    return (call.claim.sender, call.claim.message_id)
+
+
 class PostgresStore(StoreReading):
     """Seen ids and the journal in PostgreSQL, shared by every replica.
 
@@ -65,7 +97,9 @@ class PostgresStore(StoreReading):
     PostgreSQL is down comes up, answers per `on_store_error`, and recovers by itself. Every
     call is bounded by `timeout_s` (connect, acquire and statement), so a hung database
     becomes a 503, never a hung partner request; schema work and partition drops have
-    MAINTENANCE_TIMEOUT_S. `purge_batch` records go per DELETE.
+    MAINTENANCE_TIMEOUT_S. `purge_batch` records go per DELETE. Claims and confirms are
+    grouped across concurrent requests (postgres_batch.py), by two supervised tasks counted in
+    `restarts` (`swgw_background_task_restarts_total`; a counter of its own when None).
     """
 
     dialect = DIALECT
@@ -77,6 +111,7 @@ class PostgresStore(StoreReading):
         journal: JournalSettings = JOURNAL_ON,
         clock: Clock = time.time,
         purge_batch: int = PURGE_BATCH,
+        restarts: Counter | None = None,
     ) -> None:
         import asyncpg
 
@@ -88,6 +123,7 @@ class PostgresStore(StoreReading):
             TimeoutError,
         )
         self._no_partition = asyncpg.CheckViolationError
+        self._data_error, self._server_error = asyncpg.DataError, asyncpg.PostgresError
         self.dsn = settings.dsn.reveal() if settings.dsn is not None else ""
         self.table = settings.table
         self.events_table = f"{settings.table}_events"
@@ -99,6 +135,23 @@ class PostgresStore(StoreReading):
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
         self._months: set[datetime] = set()  # event partitions known to exist
+        self._claim_sql = claim_sql(self.table)
+        self._confirm_sql = confirm_sql(self.table, self.events_table, journal=self._limits.journal)
+        restarts = restarts if restarts is not None else Metrics(CollectorRegistry()).task_restarts
+        self._claims: Batcher[_Claim, ClaimResult] = Batcher(
+            "journal-postgres-claims", self._claim_batch, _claim_key, restarts, isolate=self._refused
+        )
+        self._confirms: Batcher[_Confirm, bool] = Batcher(
+            "journal-postgres-confirms", self._confirm_batch, _confirm_key, restarts, isolate=self._refused
+        )
+
+    def _refused(self, exc: StoreError) -> bool:
+        """The database (or the driver, encoding it) refused a value of the statement, not the
+        connection: a data exception or an integrity violation (SQLSTATE classes 22, 23)."""
+        cause = exc.__cause__
+        if isinstance(cause, self._data_error):
+            return True
+        return isinstance(cause, self._server_error) and str(getattr(cause, "sqlstate", "")).startswith(("22", "23"))
 
     async def start(self) -> None:
         import asyncpg
@@ -111,10 +164,14 @@ class PostgresStore(StoreReading):
             command_timeout=self.timeout_s,
         )
         await self._pool  # with min_size=0 this connects nothing yet
+        self._claims.start()
+        self._confirms.start()
         with contextlib.suppress(StoreError):  # down at start-up is fine: retried per request
             await self._ensure_schema()
 
     async def close(self) -> None:
+        await self._claims.close()  # what is queued is sent first (bounded), while the pool is open
+        await self._confirms.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             with contextlib.suppress(*self._errors):
@@ -174,69 +231,63 @@ class PostgresStore(StoreReading):
             return await self._call(fn)
 
     # -- intake: claim, confirm, release ------------------------------------------------------
+    # Claims and confirms go in batches, one statement each (postgres_batch.py says what stays exact).
 
     async def claim(self, arrival: Arrival) -> ClaimResult:
+        result: ClaimResult = await self._claims.submit(_Claim(arrival, uuid.uuid4().hex))
+        return result
+
+    async def _claim_batch(self, calls: Sequence[_Claim]) -> list[ClaimResult | Again]:
+        """Takes each free id, expired entry or stale claim, with the record's columns, in one
+        statement; a live row is left as it is, and its state as the statement found it says
+        why. A row that changed under the statement (released, or taken by another replica
+        after it began) sends that claim again in the next batch, with a fresh snapshot."""
         await self._ensure_schema()
         now, expired, stale = self._limits.cutoffs()
-        token = uuid.uuid4().hex
-        a, t = arrival, self.table
-        # Takes a free id, an expired entry or a stale claim, with the record's columns, in one
-        # statement; a live row makes it return nothing, and we read that row to say why. A row
-        # deleted between the two statements (its claim was released) means: try again.
-        upsert = (
-            f'INSERT INTO "{t}" AS d (sender, message_id, state, token, at, digest, destination, received_at, '
-            "message_type, receiver, size, received, status, attempts, delivered_at, parked_reason, updated_at) "
-            "VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, 'received', 0, NULL, NULL, $4) "
-            "ON CONFLICT (sender, message_id) DO UPDATE SET state = 'pending', token = EXCLUDED.token, "
-            "at = EXCLUDED.at, digest = EXCLUDED.digest, destination = EXCLUDED.destination, "
-            "received_at = EXCLUDED.received_at, message_type = EXCLUDED.message_type, "
-            "receiver = EXCLUDED.receiver, size = EXCLUDED.size, received = EXCLUDED.received, "
-            "status = 'received', attempts = 0, delivered_at = NULL, parked_reason = NULL, "
-            "updated_at = EXCLUDED.updated_at "
-            "WHERE (d.state = 'queued' AND d.at < $12) OR (d.state = 'pending' AND d.at < $13) "
-            "RETURNING d.token"
-        )
-        args: tuple[Any, ...] = (a.sender, a.message_id, token, _ts(now), a.sha256, a.destination, a.received_at)
-        args += (a.message_type, a.receiver, a.size, _ts(a.received), _ts(expired), _ts(stale))
-        select = f'SELECT state, digest, destination, received_at FROM "{t}" WHERE sender = $1 AND message_id = $2'
-        for _ in range(5):
-            won = await self._call(lambda c: c.fetchval(upsert, *args))
-            if won == token:
-                return Claimed(a.sender, a.message_id, token, now)
-            row = await self._call(lambda c: c.fetchrow(select, a.sender, a.message_id))
-            if row is None:
-                continue
-            if row["state"] == "queued":
-                return Seen(
-                    Receipt(a.message_id, row["destination"], row["received_at"], duplicate=True), row["digest"]
-                )
-            return InFlight()
-        return InFlight()  # the id keeps changing hands: let the partner come back in a second
+        at, expired_at, stale_at = _ts(now), _ts(expired), _ts(stale)
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for call in calls:
+            a = call.arrival
+            values = (a.sender, a.message_id, call.token, a.sha256, a.destination, a.received_at, a.message_type)
+            for column, value in zip(columns, (*values, a.receiver, a.size, _ts(a.received)), strict=True):
+                column.append(value)
+        rows = await self._call(lambda c: c.fetch(self._claim_sql, *columns, at, expired_at, stale_at))
+        found = {(r["sender"], r["message_id"]): r for r in rows}
+        results: list[ClaimResult | Again] = []
+        for call in calls:
+            a, row = call.arrival, found[(call.arrival.sender, call.arrival.message_id)]
+            if row["won"]:
+                results.append(Claimed(a.sender, a.message_id, call.token, now))
+            elif row["state"] == "queued" and row["at"] >= expired_at:
+                receipt = Receipt(a.message_id, row["destination"], row["received_at"], duplicate=True)
+                results.append(Seen(receipt, row["digest"]))
+            elif row["state"] == "pending" and row["at"] >= stale_at:
+                results.append(InFlight())
+            elif call.tries < CLAIM_TRIES:
+                call.tries += 1
+                results.append(AGAIN)
+            else:
+                results.append(InFlight())  # the id keeps changing hands: let the partner come back in a second
+        return results
 
     async def confirm(self, claim: Claimed, receipt: Receipt) -> bool:
         now = self._limits.clock()
         queued_at = min(claim.at, now) if claim.at else now  # before any attempt (Claimed says why)
-        update = (
-            f"UPDATE \"{self.table}\" SET state = 'queued', token = NULL, at = $1, destination = $2, "
-            "received_at = $3, status = CASE WHEN status = 'received' THEN 'queued' ELSE status END, "
-            "updated_at = $7 WHERE sender = $4 AND message_id = $5 AND token = $6"
-        )
-        args: tuple[Any, ...] = (_ts(queued_at), receipt.destination, receipt.received_at)
-        args += (claim.sender, claim.message_id, claim.token, _ts(now))
-        if not self._limits.journal:
-            status = await self._with_partitions([], lambda c: c.execute(update, *args))
-            return bool(status == "UPDATE 1")
-        # One statement, so one round trip as before the journal: the row becomes queued and its
-        # `queued` event is appended atomically. Delivery may have moved the status on already
-        # (it can consume before this runs): that status stays.
-        statement = (
-            f"WITH u AS ({update} RETURNING sender, message_id, destination), "
-            f'e AS (INSERT INTO "{self.events_table}" (sender, message_id, at, kind, destination) '
-            "SELECT sender, message_id, $1, 'queued', destination FROM u) "
-            "SELECT count(*) FROM u"
-        )
-        done = await self._with_partitions([queued_at], lambda c: c.fetchval(statement, *args))
-        return bool(done == 1)
+        done: bool = await self._confirms.submit(_Confirm(claim, receipt, queued_at, now))
+        return done
+
+    async def _confirm_batch(self, calls: Sequence[_Confirm]) -> list[bool | Again]:
+        """The rows become queued, each with its `queued` event (journal on), in one statement."""
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        for call in calls:
+            c, r = call.claim, call.receipt
+            values = (c.sender, c.message_id, c.token, _ts(call.queued_at), r.destination, r.received_at, _ts(call.now))
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        times = [call.queued_at for call in calls] if self._limits.journal else []
+        rows = await self._with_partitions(times, lambda c: c.fetch(self._confirm_sql, *columns))
+        done = {(r["sender"], r["message_id"]) for r in rows}
+        return [(call.claim.sender, call.claim.message_id) in done for call in calls]
 
     async def release(self, claim: Claimed) -> None:
         await self._ensure_schema()

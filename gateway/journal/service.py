@@ -18,6 +18,8 @@ import contextlib
 import logging
 import time
 
+from prometheus_client import Counter
+
 from gateway.errors import StoreError
 from gateway.journal.model import JournalReader
 from gateway.journal.store import JournalStore
@@ -30,12 +32,15 @@ from gateway.timeutil import Clock
 log = logging.getLogger("swgw.journal")
 
 
-def make_store(dedup: Dedup, journal: JournalSettings, *, clock: Clock = time.time) -> JournalStore | None:
-    """The store `[dedup] backend` names (None for "none"); not started."""
+def make_store(
+    dedup: Dedup, journal: JournalSettings, *, clock: Clock = time.time, restarts: Counter | None = None
+) -> JournalStore | None:
+    """The store `[dedup] backend` names (None for "none"); not started. `restarts` counts the
+    restarts of its background tasks (PostgreSQL's batching; a counter of its own when None)."""
     if dedup.backend == "postgres":
         from gateway.journal.postgres import PostgresStore  # asyncpg only when PostgreSQL is used
 
-        return PostgresStore(dedup, journal=journal, clock=clock)
+        return PostgresStore(dedup, journal=journal, clock=clock, restarts=restarts)
     if dedup.backend == "sqlite":
         from gateway.journal.sqlite import SqliteStore
 
@@ -85,7 +90,7 @@ class Journal:
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics, *, clock: Clock = time.time) -> Journal:
         return cls(
-            make_store(settings.dedup, settings.journal, clock=clock),
+            make_store(settings.dedup, settings.journal, clock=clock, restarts=metrics.task_restarts),
             metrics,
             enabled=settings.journal.enabled,
             purge_interval_s=settings.dedup.purge_interval_s,
