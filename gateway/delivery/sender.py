@@ -63,6 +63,11 @@ class Sender:
         self.dest = dest
         self.metrics = metrics
         self._http: aiohttp.ClientSession | None = None
+        # Built once, not per POST (issue 17, drain): the timeout and the metrics' label
+        # children are the same for every message of the destination.
+        self._timeout = aiohttp.ClientTimeout(total=dest.timeout_s)
+        self._attempts = metrics.delivery_attempts.labels(dest.id)
+        self._duration = metrics.backend_duration.labels(dest.id)
 
     async def start(self) -> None:
         limit = self.dest.concurrency * 2 + 2  # + the probe and a trial beside a full window
@@ -77,14 +82,14 @@ class Sender:
         """One POST of the original bytes. Returns the 2xx answer; raises Transient/PermanentDeliveryError."""
         assert self._http is not None, "Sender.start() was not called"
         dest = self.dest
-        self.metrics.delivery_attempts.labels(dest.id).inc()
+        self._attempts.inc()
         started = time.perf_counter()
         try:
             async with self._http.post(
                 dest.url,
                 data=msg.body,
                 headers=msg.http_headers(attempt),
-                timeout=aiohttp.ClientTimeout(total=dest.timeout_s),
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
@@ -95,7 +100,7 @@ class Sender:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransientDeliveryError(f"connection failed: {exc}") from exc
         finally:
-            self.metrics.backend_duration.labels(dest.id).observe(time.perf_counter() - started)
+            self._duration.observe(time.perf_counter() - started)
         kind = classify(status)
         if kind is None:
             return Answer(status, excerpt)
