@@ -14,6 +14,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq import spec
 
 from gateway.timeutil import iso
 
@@ -50,7 +51,7 @@ class QueuedMessage:
     # worker republishes a message it hands back, with this count, instead of requeueing).
     attempts: int = 0
 
-    def to_amqp(self) -> aio_pika.Message:
+    def _headers(self) -> dict[str, Any]:
         headers: dict[str, Any] = {
             _H + "message-id": self.message_id,
             _H + "type": self.message_type,
@@ -75,15 +76,32 @@ class QueuedMessage:
                     _H + "parked-at": p.parked_at,
                 }
             )
+        return headers
+
+    def to_amqp(self) -> aio_pika.Message:
         return aio_pika.Message(
             self.body,
-            headers=headers,
+            headers=self._headers(),
             content_type="application/xml",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=self.message_id,
             correlation_id=self.correlation_id,
             type=self.message_type,
             app_id="swgw",
+        )
+
+    def amqp_properties(self) -> spec.Basic.Properties:
+        """What `to_amqp().properties` is, built without an aio_pika.Message: for replay's publish
+        straight on the channel (tests/unit/operations/test_republish.py compares the bytes)."""
+        return spec.Basic.Properties(
+            app_id="swgw",
+            content_type="application/xml",
+            correlation_id=self.correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=self._headers(),
+            message_id=self.message_id,
+            message_type=self.message_type,
+            priority=0,
         )
 
     def parked(self, parking: Parking) -> QueuedMessage:

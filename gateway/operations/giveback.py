@@ -28,11 +28,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 
 log = logging.getLogger("swgw.replay")
+
+
+class Held(Protocol):
+    """A message read and held unacked: an aio-pika message (basic.get) or parkread's `Parked`."""
+
+    @property
+    def delivery_tag(self) -> int | None: ...
+
 
 RETURN_BATCH = 32  # RabbitMQ 3.10 keeps the order of a return of at most 32 (a map that small is sorted)
 _ERRORS = (
@@ -45,9 +54,7 @@ _ERRORS = (
 )
 
 
-async def read_through(
-    get: Callable[[], Awaitable[AbstractIncomingMessage | None]], left: int, held: list[int], destination: str
-) -> None:
+async def read_through(get: Callable[[], Awaitable[Held | None]], left: int, held: list[int], destination: str) -> None:
     """Read (and hold, unacked) up to `left` more messages with `get`, adding their delivery tags
     to `held`. A failure only ends it: what was read goes back when the channel closes."""
     try:

@@ -49,8 +49,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker.nodes import connect_first
 from gateway.broker.topology import Names
@@ -59,7 +60,8 @@ from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
 from gateway.operations.giveback import give_back, read_through
-from gateway.operations.parkread import ParkReader
+from gateway.operations.parkread import Parked, ParkReader
+from gateway.operations.republish import broker_error, publish
 from gateway.pacing import TokenBucket
 from gateway.settings.model import Settings
 from gateway.timeutil import Clock, parse_iso
@@ -290,24 +292,6 @@ async def _lock(settings: Settings, channel: AbstractChannel, destination: str) 
         raise ReplayInProgress(destination, name) from exc
 
 
-def _broker_error(exc: BaseException, settings: Settings, destination: str) -> BrokerUnavailable:
-    """A failed publish, ack or read, in words; the message stays parked."""
-    b = settings.broker
-    if isinstance(exc, StoreError):  # the journal's: the publish was confirmed, the ack not sent
-        why = str(exc)
-    elif isinstance(exc, TimeoutError):
-        why = f"the broker did not confirm a publish within {b.confirm_timeout_s:g}s"
-    elif isinstance(exc, aiormq.exceptions.PublishError):  # Basic.Return: nothing bound
-        why = f"the broker has no queue for destination {destination!r} (message returned unroutable)"
-    elif isinstance(exc, aiormq.exceptions.DeliveryError):  # Basic.Nack
-        why = "the broker refused a publish (nack)"
-    elif isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
-        why = f"a queue or exchange is missing ({exc}); start the gateway once so it declares its topology"
-    else:
-        why = f"the broker connection failed ({exc or type(exc).__name__})"
-    return BrokerUnavailable(why, reason="broker_unavailable", retry_after_s=b.retry_after_s)
-
-
 async def replay(
     settings: Settings,
     destination: str,
@@ -341,12 +325,11 @@ async def replay(
     bound_s = settings.broker.confirm_timeout_s
     detail = f"{action}; filter: {flt.describe()}"
 
-    async def move(exchange: AbstractExchange, raw: AbstractIncomingMessage, msg: QueuedMessage) -> None:
+    async def move(channel: aiormq.abc.AbstractChannel, raw: Parked, msg: QueuedMessage) -> None:
         # Timed before the publish: its redelivery's first attempt can never sort before it.
         event = Event(EventKind.REPLAYED, time.time(), msg.sender, msg.message_id, destination, detail=detail)
         try:
-            async with asyncio.timeout(bound_s):  # not an RPC: a timeout here leaves the channel open
-                await exchange.publish(msg.unparked().to_amqp(), routing_key=destination, mandatory=True)
+            await publish(channel, names.exchange, destination, msg, bound_s=bound_s)  # confirmed, mandatory
             report.replayed += 1  # counted once confirmed
             if journal is not None:
                 try:
@@ -354,10 +337,9 @@ async def replay(
                         await journal.record(event)
                 except (TimeoutError, StoreError) as exc:  # that message is then queued and still parked
                     raise StoreError(f"the journal did not commit a replayed event within {bound_s:g}s") from exc
-            async with asyncio.timeout(bound_s):
-                await parked.ack(raw)  # only after the confirm; unacked, it goes back to parking
+            await parked.ack(raw)  # only after the confirm (bounded); unacked, it goes back to parking
         except Exception as exc:  # recorded; the message stays parked, and replay() raises below
-            failures.append(_broker_error(exc, settings, destination))
+            failures.append(broker_error(exc, settings, destination))
         finally:
             window.release()
 
@@ -367,7 +349,7 @@ async def replay(
         queue, report.present = await _parking(settings, reader, destination)
         parked = ParkReader(reader, queue.name, report.present, bound_s=bound_s, destination=destination)
         publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await publisher.get_exchange(names.exchange, ensure=False)
+        underlay = await publisher.get_underlay_channel()  # on_return_raises: a Basic.Return raises
         log.info(
             "replay started: %d parked, %s",
             report.present,
@@ -385,7 +367,7 @@ async def replay(
                 try:
                     raw = await parked.next()
                 except (*_CONNECTION_ERRORS, TimeoutError) as exc:
-                    failures.append(_broker_error(exc, settings, destination))
+                    failures.append(broker_error(exc, settings, destination))
                     break
                 if raw is None:
                     break  # fewer than at the start (a listing holds some): nothing to wait for
@@ -401,7 +383,7 @@ async def replay(
                 if limiter is not None:
                     await limiter.acquire()
                 await window.acquire()
-                task = asyncio.create_task(move(exchange, raw, msg))
+                task = asyncio.create_task(move(underlay, raw, msg))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if not failures:  # to the end of what was parked at the start (module docstring)
@@ -414,7 +396,7 @@ async def replay(
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(bound_s):
                     await reader.close()
-    failures += [_broker_error(parked.failure, settings, destination)] if parked.failure and not failures else []
+    failures += [broker_error(parked.failure, settings, destination)] if parked.failure and not failures else []
     return _finish(report, failures, metrics)
 
 

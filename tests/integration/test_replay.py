@@ -265,14 +265,14 @@ async def test_a_replay_whose_publish_fails_counts_only_confirmed_and_loses_noth
 ) -> None:
     """Replay CUSDEC only; the broker nacks the publish of one selected message."""
     await park(gw.settings, [parked(f"F-{i}", "CUSDEC" if i % 2 else "ECOO") for i in range(10)])
-    real_publish = aio_pika.Exchange.publish
+    real_publish = aiormq.Channel.basic_publish  # replay publishes straight on the channel (republish.py)
 
-    async def nack_f3(self: aio_pika.Exchange, message: aio_pika.abc.AbstractMessage, *a: Any, **kw: Any) -> Any:
-        if message.message_id == "F-3":
+    async def nack_f3(self: aiormq.Channel, body: bytes, **kw: Any) -> Any:
+        if kw["properties"].message_id == "F-3":
             raise aiormq.exceptions.DeliveryError(None, None)  # type: ignore[arg-type]
-        return await real_publish(self, message, *a, **kw)
+        return await real_publish(self, body, **kw)
 
-    monkeypatch.setattr(aio_pika.Exchange, "publish", nack_f3)
+    monkeypatch.setattr(aiormq.Channel, "basic_publish", nack_f3)
     with pytest.raises(BrokerUnavailable, match="run the replay again") as failed:
         await replay.replay(gw.settings, "vnaccs", replay.ReplayFilter(message_type="CUSDEC"), metrics=gw.app[METRICS])
     monkeypatch.undo()
