@@ -204,14 +204,16 @@ class Deliverer:
                 if self._successes > successes_before or await self.sender.probe():
                     return await self._park(raw, msg, "max_attempts", exc, attempts[0])
                 self.breaker.force_open()
+                outage = True  # the health check confirmed it: the backend is down for everyone
             if self._is_stopping():
                 return None
-            # If the outage opened the circuit while this one was failing, these failures were the
+            # If the outage opened the circuit while this one was failing, or the health check
+            # confirmed the backend down when its attempts ran out, these failures were the
             # outage's, not this message's, and are not charged: a flapping backend would otherwise
-            # park healthy messages as max_attempts, a few failed tries per down phase (drill f). A
-            # poison message among healthy traffic never opens the circuit (one failure per
-            # distinct message), so it still reaches the limit; one that forced the circuit open
-            # alone keeps its count, so it is parked at once when others get through again.
+            # park healthy messages as max_attempts (drill f: a message alone in flight used all 8
+            # attempts in one down phase, kept them, and was parked at its next failure). A poison
+            # message among healthy traffic never opens the circuit (one failure per distinct
+            # message) and the health check says up, so it still reaches the limit and is parked.
             charged = msg.attempts if outage else attempts[0]
             return await self.hand_back(raw, msg.with_attempts(charged), self._why_not())
         return await self._settle(raw, msg, "delivered", EventKind.DELIVERED, status=answer.status, attempt=attempts[0])

@@ -129,7 +129,10 @@ async def test_a_message_failing_alone_is_an_outage_not_poison_it_waits_and_is_n
         await until(lambda: worker.breaker.state.value == "open", what="circuit opened after max_attempts alone")
         await until(lambda: worker.inflight == 0, what="message handed back to its queue")
         queued = await get_all(Names(prefix).queue("vnaccs"), ack=False)
-        assert [QueuedMessage.from_amqp(m).attempts for m in queued] == [3]  # its attempts travel with it
+        # The health check said down when its attempts ran out: they were the outage's, not its
+        # own, so it waits with the count it came with (a flapping backend parked healthy
+        # messages when they kept these: tests/unit/delivery/test_charging.py)
+        assert [QueuedMessage.from_amqp(m).attempts for m in queued] == [0]
         assert worker.parked_total == 0
         await sim.set_mode("up")
         await sim.wait_for(1, timeout_s=20)

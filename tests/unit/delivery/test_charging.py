@@ -108,3 +108,20 @@ async def test_a_message_in_flight_at_every_opening_is_never_charged_nor_parked_
         await make(log, broker, breaker).handle(Raw(log, msg))  # type: ignore[arg-type]
         assert "park" not in log
         assert [charged(m) for m in broker.republished] == [DEST8.max_attempts - 1]
+
+
+async def test_attempts_used_up_while_the_health_check_says_down_are_not_charged() -> None:
+    # Drill f, seen in CI: a message alone in flight fails every attempt in one down phase of a
+    # flapping backend, too few distinct failures to open the circuit. The health check says
+    # down, so the circuit is forced open: the failures were the outage's and it leaves with what
+    # it came with; keeping them had it parked as max_attempts at its next single failure.
+    log: list[str] = []
+    broker = Capturing(log)
+    breaker = CircuitBreaker(failure_threshold=5)  # one message alone never opens it
+    d = make(log, broker, breaker)
+    d.sender = Down(log, [TransientDeliveryError("refused")] * DEST8.max_attempts)  # type: ignore[assignment]
+    await d.handle(Raw(log, MSG.with_attempts(1)))  # type: ignore[arg-type]
+    assert log.count("POST") == DEST8.max_attempts - 1  # it came with one
+    assert breaker.state is CircuitState.OPEN
+    assert [charged(m) for m in broker.republished] == [1]
+    assert "park" not in log
