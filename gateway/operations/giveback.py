@@ -44,7 +44,7 @@ class Held(Protocol):
 
 
 RETURN_BATCH = 32  # RabbitMQ 3.10 keeps the order of a return of at most 32 (a map that small is sorted)
-_ERRORS = (
+BROKER_ERRORS = (  # what a lost connection or channel raises while reading parking (replay, parkread too)
     ConnectionError,
     OSError,
     TimeoutError,
@@ -63,7 +63,7 @@ async def read_through(get: Callable[[], Awaitable[Held | None]], left: int, hel
             if raw is None:
                 return
             held.append(raw.delivery_tag or 0)
-    except _ERRORS as exc:
+    except BROKER_ERRORS as exc:
         log.warning(
             "reading the rest of %s's parked messages failed (%s); they stay parked",
             destination,
@@ -100,7 +100,7 @@ async def give_back(channel: AbstractChannel, queue: str, held: list[int], bound
                             await asyncio.sleep(0.005)
                 except TimeoutError:
                     base = None  # someone else reads parking too: their order and ours mix anyway
-    except _ERRORS as exc:
+    except BROKER_ERRORS as exc:
         log.warning(
             "giving parked messages back in order failed (%s); the broker returns them",
             exc or type(exc).__name__,

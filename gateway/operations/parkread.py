@@ -40,24 +40,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 
-from gateway.operations.giveback import give_back, read_through
+from gateway.operations.giveback import BROKER_ERRORS, give_back, read_through
 
 log = logging.getLogger("swgw.replay")
 
 ROUND = 1024  # messages per consumer at most: its prefetch window, and the client's buffer
 IDLE_S = 1.0  # no delivery this long: count what is ready
-_ERRORS = (
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    RuntimeError,  # aio-pika: "Connection closed" / "Channel closed"
-)
 
 
 class Parked:
@@ -196,7 +187,7 @@ class ParkReader:
             try:
                 async with asyncio.timeout(self._bound_s):  # a blocked connection cannot write them
                     await self._send_acks(late)
-            except _ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 self.failure = self.failure or exc
                 raise
 
@@ -237,7 +228,7 @@ class ParkReader:
                 self._received.clear()  # held all the same: their tags are in `_rounds`
                 self._drained = not await self._wait()
             await self._cancel()
-        except _ERRORS as exc:
+        except BROKER_ERRORS as exc:
             self.failure = self.failure or exc
             log.warning(
                 "ending the read of %s failed (%s); the broker returns its messages",
@@ -270,7 +261,7 @@ class ParkReader:
             async with asyncio.timeout(self._bound_s):
                 while (await self._count())[1]:  # noqa: ASYNC110 (a broker count, no event)
                     await asyncio.sleep(0.005)
-        except _ERRORS as exc:
+        except BROKER_ERRORS as exc:
             log.warning(
                 "parking %s still shows a consumer (%s): a listing, or acks not yet applied",
                 self._queue,

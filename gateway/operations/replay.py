@@ -59,7 +59,7 @@ from gateway.errors import BrokerUnavailable, ReplayInProgress, StoreError
 from gateway.journal.model import Event, EventKind, JournalWriter
 from gateway.messages import QueuedMessage
 from gateway.observability.metrics import Metrics
-from gateway.operations.giveback import give_back, read_through
+from gateway.operations.giveback import BROKER_ERRORS, give_back, read_through
 from gateway.operations.parkread import Parked, ParkReader
 from gateway.operations.republish import broker_error, publish
 from gateway.pacing import TokenBucket
@@ -71,13 +71,6 @@ log = logging.getLogger("swgw.replay")
 DEFAULT_TIMEOUT_S = 600.0
 MAX_TIMEOUT_S = 1500.0  # 25 min: below RabbitMQ's default consumer_timeout of 30 min
 _WINDOW = 256  # confirmed publishes in flight at once
-_CONNECTION_ERRORS = (
-    ConnectionError,
-    OSError,
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    RuntimeError,  # aio-pika: "Connection closed" / "Channel closed"
-)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -208,7 +201,7 @@ async def _connection(settings: Settings, purpose: str) -> AsyncIterator[Abstrac
     b = settings.broker
     try:  # a cluster: the first node that answers
         conn = await connect_first(b, {"connection_name": f"swgw {purpose} (pid {os.getpid()})"})
-    except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+    except BROKER_ERRORS as exc:
         raise BrokerUnavailable(
             f"The message broker is not reachable ({exc or type(exc).__name__}); nothing was read or moved.",
             reason="broker_unavailable",
@@ -222,7 +215,7 @@ async def _connection(settings: Settings, purpose: str) -> AsyncIterator[Abstrac
             reason="broker_topology",
             retry_after_s=b.retry_after_s,
         ) from exc
-    except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+    except BROKER_ERRORS as exc:
         raise BrokerUnavailable(
             f"The broker connection failed ({exc or type(exc).__name__}); messages not confirmed stay parked.",
             reason="broker_unavailable",
@@ -366,7 +359,7 @@ async def replay(
                     break
                 try:
                     raw = await parked.next()
-                except (*_CONNECTION_ERRORS, TimeoutError) as exc:
+                except BROKER_ERRORS as exc:
                     failures.append(broker_error(exc, settings, destination))
                     break
                 if raw is None:
