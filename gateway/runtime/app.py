@@ -2,7 +2,7 @@
 
 Nothing is bound at import time. One lifecycle mechanism (aiohttp cleanup_ctx) starts the
 broker (publisher) connection, the delivery workers with their own consumer connection
-(role "all" or "delivery"), the supervised queue-depth poller and memory trimmer, and stops them in
+(role "all" or "delivery") and the supervised queue-depth poller, and stops them in
 reverse order on shutdown: delivery first, so in-flight deliveries finish (or are left
 unacked) while the broker connection is still there.
 """
@@ -40,7 +40,6 @@ from gateway.operations.console_api import ConsoleApi
 from gateway.operations.pauses import Pauses
 from gateway.receipts import KeyRing
 from gateway.runtime import health, openapi
-from gateway.runtime.memory import MemoryTrimmer
 from gateway.settings.model import Settings
 from gateway.supervise import spawn_supervised
 
@@ -119,10 +118,8 @@ def create_app(
         inbox_poller = spawn_supervised(
             "inbox-depth-poller", lambda: inboxes.poll_depths(DEPTH_POLL_S), metrics.task_restarts
         )
-        # After a burst, give the freed heap back to the system (runtime/memory.py; glibc only).
-        trimmer = spawn_supervised("memory-trimmer", MemoryTrimmer.for_this_process().run, metrics.task_restarts)
         yield
-        for task in (trimmer, inbox_poller, poller, pause_poller):
+        for task in (inbox_poller, poller, pause_poller):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
